@@ -1,0 +1,1 @@
+"""Pure functions over console and dmesg text. No I/O, no state beyond their arguments."""

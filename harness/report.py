@@ -1,0 +1,41 @@
+"""Verdict table at the end of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.session import RunRecord
+
+COLOURS = {"pass": "green", "fail": "red", "error": "magenta"}
+
+
+def print_summary(record: RunRecord, out: Path, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{record.scenario} on {record.target}", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("step")
+    table.add_column("result")
+    table.add_column("s", justify="right")
+    for step in record.steps:
+        colour = COLOURS.get(step["status"], "white")
+        table.add_row(str(step["index"]), step["name"], f"[{colour}]{step['status']}[/{colour}]", f"{step['duration']:.3f}")
+        for problem in step["problems"]:
+            table.add_row("", f"[red]  {problem}[/red]", "", "")
+    if record.steps:
+        console.print(table)
+    for event in record.kernel_events:
+        console.print(f"[red]kernel {event['kind']}[/red] during step {event['step']!r}: {event['title']}")
+    for problem in record.problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    if record.error:
+        console.print(f"[magenta]error:[/magenta] {record.error}")
+    kernel = record.kernel.get("release", "?")
+    cma = record.cma
+    cma_text = f"cma {cma['size_mib']} MiB at {cma['base']}" if cma else "cma ?"
+    colour = COLOURS.get(record.verdict, "white")
+    console.print(
+        f"verdict: [bold {colour}]{record.verdict.upper()}[/bold {colour}]  "
+        f"kernel {kernel}, {cma_text}, {record.timings.get('total', 0):.2f} s  → {out}"
+    )

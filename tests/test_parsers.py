@@ -1,0 +1,76 @@
+"""Parsers over real captured console logs (tests/fixtures) and the seed's log format."""
+
+from harness.parsers.cmatest import parse_record
+from harness.parsers.dmesg import parse_dump_mem, parse_release, parse_reservation
+from harness.parsers.faults import find_faults, signature
+
+
+def test_reservation_from_real_boot(fixture_text):
+    text = fixture_text("console-arm64-boot-commands.log")
+    res = parse_reservation(text)
+    assert res is not None and res.size_mib == 128 and res.base == 0x76C00000
+    assert res.contains(0x76C00000, 4096) and not res.contains(res.end - 4096, 8192)
+    assert parse_release(text) == "6.1.0-50-arm64"
+
+
+def test_clean_boot_has_no_faults(fixture_text):
+    assert find_faults(fixture_text("console-arm64-boot-commands.log").splitlines()) == []
+
+
+def test_real_panic_is_caught_with_title_and_report(fixture_text):
+    [event] = find_faults(fixture_text("console-arm64-sysrq-crash.log").splitlines())
+    assert event.kind == "panic"
+    assert event.title == "kernel panic: sysrq triggered crash"
+    assert event.report[0].startswith("Kernel panic - not syncing")
+    assert any("Call trace" in line for line in event.report)
+
+
+def test_seed_format_dump_mem_still_parses():
+    seed_log = """\
+dump_mem:CMA name:mem1
+dump_mem:CMA id:1
+dump_mem:Is usebuf:1
+dump_mem:PHY Base:0x2e400000
+dump_mem:KER Base:0xffc00000
+dump_mem:USR Base:0xb6a00000
+[    5.000000] dump_mem:CMA name:mem2
+[    5.000001] dump_mem:CMA id:2
+"""
+    first, second = parse_dump_mem(seed_log.splitlines())
+    assert (first.name, first.id, first.usebuf, first.phys, first.user, first.size) == (
+        "mem1", 1, 1, 0x2E400000, 0xB6A00000, None)
+    assert (second.name, second.id) == ("mem2", 2)
+
+
+def test_cma_record():
+    rec = parse_record("@cma step=3 op=verify status=fail errno=0 name=mem2 at=4096 msg=pattern mismatch at 4096")
+    assert rec is not None and not rec.ok and rec.op == "verify"
+    assert rec.int("at") == 4096 and rec.get("msg") == "pattern mismatch at 4096"
+    assert parse_record("something else") is None
+
+
+def test_signature_ignores_addresses_and_numbers():
+    assert signature("WARNING in cmamem_free+0x24/0x90") == signature("WARNING in cmamem_free+0x30/0x90")
+    assert signature("WARNING in cmamem_free") != signature("WARNING in cmamem_alloc")
+
+
+def test_warning_title_names_the_function():
+    log = """\
+[   10.000000] ------------[ cut here ]------------
+[   10.000001] WARNING: CPU: 0 PID: 77 at /tmp/kmod/cma_mem.c:301 cmamem_free+0x5c/0x120 [cma_mem]
+[   10.000002] Modules linked in: cma_mem(OE)
+[   10.000003] Call trace:
+[   10.000004]  cmamem_free+0x5c/0x120 [cma_mem]
+[   10.000005] ---[ end trace 0000000000000000 ]---
+"""
+    [event] = find_faults(log.splitlines())
+    assert event.kind == "warning" and event.title == "WARNING in cmamem_free"
+    assert event.report[-1].startswith("---[ end trace")
+
+
+def test_taint_lines_are_not_faults():
+    log = """\
+[    3.000000] cma_mem: loading out-of-tree module taints kernel.
+[    3.000001] cma_mem: module verification failed: signature and/or required key missing - tainting kernel
+"""
+    assert find_faults(log.splitlines()) == []
