@@ -53,9 +53,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print("host tools: all present")
         return 0
     if args.check:
-        raise hosttools.MissingHostTools(
-            hosttools._describe(status), hint="\n  ".join(hosttools.fix_commands(status))
-        )
+        raise hosttools.MissingHostTools(hosttools._describe(status), hint="\n  ".join(hosttools.fix_commands(status)))
     hosttools.ensure([target], install=True)
     print("host tools: installed")
     return 0
@@ -67,7 +65,9 @@ def cmd_list(kind: str) -> int:
 
         for path in target_paths():
             t = load_target(path)
-            print(f"{t.name:<16} {t.qemu.binary} -M {t.qemu.machine} -cpu {t.qemu.cpu}, cma={t.cma_mib}M: {t.description}")
+            print(
+                f"{t.name:<16} {t.qemu.binary} -M {t.qemu.machine} -cpu {t.qemu.cpu}, cma={t.cma_mib}M: {t.description}"
+            )
     else:
         from harness.scenario import load_scenario, scenario_paths
 

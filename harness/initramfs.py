@@ -84,7 +84,8 @@ def encode_newc(entries: list[Entry]) -> bytes:
 
 def decode_newc(blob: bytes) -> list[Entry]:
     """Inverse of encode_newc (used by tests and by `cma-harness` debugging)."""
-    entries, pos = [], 0
+    entries: list[Entry] = []
+    pos = 0
     while True:
         if blob[pos : pos + 6] != NEWC_MAGIC:
             raise ValueError(f"bad cpio magic at offset {pos}")
@@ -110,7 +111,22 @@ class GuestFiles:
 
 def build_archive(files: GuestFiles, init_script: str) -> Archive:
     arc = Archive()
-    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc", "lib", "lib/modules", "root"):
+    for d in (
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "etc",
+        "lib",
+        "lib/modules",
+        "root",
+    ):
         arc.dir(d)
     arc.chardev("dev/console", 5, 1)
     arc.chardev("dev/null", 1, 3, 0o666)

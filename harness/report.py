@@ -20,17 +20,23 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
     table.add_column("s", justify="right")
     for step in record.steps:
         colour = COLOURS.get(step["status"], "white")
-        table.add_row(str(step["index"]), step["name"], f"[{colour}]{step['status']}[/{colour}]", f"{step['duration']:.3f}")
-        for problem in step["problems"]:
-            table.add_row("", f"[red]  {problem}[/red]", "", "")
+        table.add_row(
+            str(step["index"]), step["name"], f"[{colour}]{step['status']}[/{colour}]", f"{step['duration']:.3f}"
+        )
     if record.steps:
         console.print(table)
+    # Problems unwrapped, one per line: CI logs and grep must see them whole.
+    for step in record.steps:
+        for problem in step["problems"]:
+            console.print(f"[red]FAIL[/red] step {step['index']} ({step['name']}): {problem}", soft_wrap=True)
     for event in record.kernel_events:
-        console.print(f"[red]kernel {event['kind']}[/red] during step {event['step']!r}: {event['title']}")
+        console.print(
+            f"[red]kernel {event['kind']}[/red] during step {event['step']!r}: {event['title']}", soft_wrap=True
+        )
     for problem in record.problems:
         console.print(f"[red]problem:[/red] {problem}")
     if record.error:
-        console.print(f"[magenta]error:[/magenta] {record.error}")
+        console.print("error: " + record.error, soft_wrap=True, markup=False, style="magenta")
     kernel = record.kernel.get("release", "?")
     cma = record.cma
     cma_text = f"cma {cma['size_mib']} MiB at {cma['base']}" if cma else "cma ?"

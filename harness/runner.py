@@ -9,6 +9,7 @@ After each step:
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import time
 from collections.abc import Callable
@@ -275,7 +276,7 @@ class ScenarioRunner:
                     f"{block.name}: phys {block.phys:#x}+{block.length:#x} is outside the CMA reservation "
                     f"{reservation.base:#x}..{reservation.end:#x}"
                 )
-        for a, b in zip(blocks, blocks[1:], strict=False):
+        for a, b in itertools.pairwise(blocks):
             if a.phys + a.length > b.phys:
                 result.fail(f"blocks {a.name} and {b.name} overlap ({a.phys:#x}+{a.length:#x} > {b.phys:#x})")
         self._check_dump_mem(result, parse_dump_mem(self.kernel_log.since(log_mark)))

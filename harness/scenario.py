@@ -90,10 +90,18 @@ STEP_SCHEMAS: dict[str, Schema] = {
         ]
     ),
     "write": Schema(
-        [Field("name", _block_name, required=True), Field("seed", is_int, default=1), Field("process", is_str, default="main")]
+        [
+            Field("name", _block_name, required=True),
+            Field("seed", is_int, default=1),
+            Field("process", is_str, default="main"),
+        ]
     ),
     "check": Schema(
-        [Field("name", _block_name, required=True), Field("seed", is_int, default=1), Field("process", is_str, default="main")]
+        [
+            Field("name", _block_name, required=True),
+            Field("seed", is_int, default=1),
+            Field("process", is_str, default="main"),
+        ]
     ),
     "shell": Schema([Field("run", is_str, required=True), Field("expect_status", is_int, default=0)]),
 }

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         target=opts.target.name,
         scenario=opts.scenario.name,
         kmod=str(opts.kmod),
-        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     stage = Stages(record, on_stage)
     total_started = time.monotonic()

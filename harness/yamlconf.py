@@ -134,8 +134,7 @@ def validate(mapping: LocatedDict, schema: Schema, context: str) -> dict[str, An
     for key in mapping:
         if key not in schema.names():
             raise ConfigError(
-                f"{where(mapping, key)}: {context}: unknown key '{key}'; "
-                f"expected one of: {', '.join(schema.names())}"
+                f"{where(mapping, key)}: {context}: unknown key '{key}'; expected one of: {', '.join(schema.names())}"
             )
     out: dict[str, Any] = {}
     for f in schema.fields:
@@ -148,8 +147,7 @@ def validate(mapping: LocatedDict, schema: Schema, context: str) -> dict[str, An
             out[f.name] = f.check(mapping[f.name])
         except ValueError as exc:
             raise ConfigError(
-                f"{where(mapping, f.name)}: {context}: key '{f.name}': expected {exc}, "
-                f"got {_show(mapping[f.name])}"
+                f"{where(mapping, f.name)}: {context}: key '{f.name}': expected {exc}, got {_show(mapping[f.name])}"
             ) from None
     return out
 

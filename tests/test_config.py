@@ -61,10 +61,16 @@ def test_yaml_syntax_error_has_line(tmp_path):
     ("steps", "message"),
     [
         ("  - insmd: {}\n", r"s.yaml:3: unknown step 'insmd'; expected one of: alloc"),
-        ("  - alloc: {name: a, size: 4K, type: wx}\n", r"s.yaml:3: step 'alloc': key 'type': expected one of wc, coherent"),
+        (
+            "  - alloc: {name: a, size: 4K, type: wx}\n",
+            r"s.yaml:3: step 'alloc': key 'type': expected one of wc, coherent",
+        ),
         ("  - alloc: {name: a, size: 4K, colour: red}\n", r"s.yaml:3: step 'alloc': unknown key 'colour'"),
         ("  - free: nosuch\n", r"s.yaml:3: step 'free': block 'nosuch' is not allocated in process 'main'"),
-        ("  - alloc: {name: waytoolongblockname, size: 4K}\n", r"s.yaml:3: step 'alloc': key 'name': expected a block name"),
+        (
+            "  - alloc: {name: waytoolongblockname, size: 4K}\n",
+            r"s.yaml:3: step 'alloc': key 'name': expected a block name",
+        ),
         ("  - exit: ghost\n", r"s.yaml:3: step 'exit': process 'ghost' was never used"),
     ],
 )

@@ -38,7 +38,13 @@ dump_mem:USR Base:0xb6a00000
 """
     first, second = parse_dump_mem(seed_log.splitlines())
     assert (first.name, first.id, first.usebuf, first.phys, first.user, first.size) == (
-        "mem1", 1, 1, 0x2E400000, 0xB6A00000, None)
+        "mem1",
+        1,
+        1,
+        0x2E400000,
+        0xB6A00000,
+        None,
+    )
     assert (second.name, second.id) == ("mem2", 2)
 
 

@@ -28,7 +28,11 @@ def test_kernel_message_inside_output_is_detected_not_misparsed():
     text = "alpha beta gamma\nsecond line\n"
     lines = frame(text)
     # The kernel printed in the middle of the first line: the console splits it off.
-    corrupted = [*split_kernel_lines(lines[0][:12] + "[   12.345678] WARNING: CPU: 0 PID: 1 at x"), lines[0][12:], lines[1]]
+    corrupted = [
+        *split_kernel_lines(lines[0][:12] + "[   12.345678] WARNING: CPU: 0 PID: 1 at x"),
+        lines[0][12:],
+        lines[1],
+    ]
     assert corrupted[1].startswith("[   12.345678] WARNING")
     assert rebuild(corrupted, "@3o|", md5(text)) is None  # caller asks the guest to emit again
 

@@ -82,7 +82,9 @@ def _function_from(lines: list[str]) -> str | None:
             continue
         if in_trace:
             m = CALL_TRACE_FUNC.match(line)
-            if m and not m.group("func").startswith(("dump_", "show_", "__warn", "warn_", "report_", "kasan_", "panic")):
+            if m and not m.group("func").startswith(
+                ("dump_", "show_", "__warn", "warn_", "report_", "kasan_", "panic")
+            ):
                 return m.group("func")
     return None
 
@@ -121,7 +123,14 @@ def make_title(kind: str, first: str, report: list[str]) -> str:
         return f"Unable to handle kernel {what} in {func or '?'}" if "Unable" in body else f"Oops in {func or '?'}"
     if kind == "kmemleak":
         func = _function_from(report) or next(
-            (m.group("func") for line in report if (m := CALL_TRACE_FUNC.match(line)) and "kmemleak" not in line and "slab" not in line and "kmalloc" not in line),
+            (
+                m.group("func")
+                for line in report
+                if (m := CALL_TRACE_FUNC.match(line))
+                and "kmemleak" not in line
+                and "slab" not in line
+                and "kmalloc" not in line
+            ),
             None,
         )
         return f"memory leak in {func or '?'}"

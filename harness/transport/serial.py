@@ -79,9 +79,7 @@ class SerialTransport:
             f"output of '{command}' stayed corrupted after {RE_EMIT_ATTEMPTS} attempts", detail=self.console.tail()
         )
 
-    def _collect(
-        self, cid: int, command: str, deadline: float, timeout: float
-    ) -> tuple[int, str | None, str | None]:
+    def _collect(self, cid: int, command: str, deadline: float, timeout: float) -> tuple[int, str | None, str | None]:
         out_prefix, err_prefix = f"@{cid}o|", f"@{cid}e|"
         begin = f"@@{cid} B"
         framed: list[str] = []
@@ -116,7 +114,7 @@ class SerialTransport:
         self._check(self.run(f": > {shlex.quote(tmp)}"))
         chunk = MAX_LINE - 100
         for i in range(0, len(encoded), chunk):
-            self._check(self.run(f"echo {encoded[i:i + chunk]} >> {shlex.quote(tmp)}"))
+            self._check(self.run(f"echo {encoded[i : i + chunk]} >> {shlex.quote(tmp)}"))
         q = shlex.quote(path)
         self._check(self.run(f"base64 -d {shlex.quote(tmp)} > {q} && rm {shlex.quote(tmp)} && chmod {mode:o} {q}"))
 

@@ -1,0 +1,82 @@
+"""End to end: the real CLI builds the real driver, boots a real arm64 guest, runs the smoke scenario."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.guest.broken import VARIANTS
+
+pytestmark = pytest.mark.guest
+
+
+def run_cli(*args: str, out: Path) -> tuple[int, str, dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    result_file = out / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    return proc.returncode, proc.stdout + proc.stderr, result
+
+
+def no_qemu_left(out: Path) -> bool:
+    ps = subprocess.run(["pgrep", "-f", f"qemu-system.*{out}"], capture_output=True, text=True)
+    return ps.stdout.strip() == ""
+
+
+def test_smoke_passes_with_the_project_driver(tmp_path):
+    code, output, result = run_cli("--target", "arm64-virt", "--scenario", "smoke", out=tmp_path)
+    assert code == 0, output
+    assert result["verdict"] == "pass"
+    assert result["target"] == "arm64-virt"
+    assert result["kernel"]["release"] == result["kernel"]["booted_release"]
+    assert result["cma"]["size_mib"] == 128 and result["cma"]["base"].startswith("0x")
+    names = [s["name"].split()[0] for s in result["steps"]]
+    assert names.count("alloc") == 4 and all(s["status"] == "pass" for s in result["steps"])
+    assert result["kernel_events"] == []
+    assert set(result["timings"]) >= {
+        "setup",
+        "images",
+        "build kmod",
+        "build userland",
+        "initramfs",
+        "boot",
+        "scenario",
+        "report",
+        "total",
+    }
+    console = (tmp_path / "console.log").read_text(errors="replace")
+    dmesg = (tmp_path / "dmesg.txt").read_text()
+    assert "dump_mem:CMA name:mem1" in dmesg and "cma: Reserved 128 MiB" in dmesg
+    assert "@@ready" in console
+    assert no_qemu_left(tmp_path)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+def test_broken_driver_fails_with_a_message_naming_the_problem(tmp_path, variant):
+    kmod = variant.make(tmp_path)
+    out = tmp_path / "run"
+    code, output, result = run_cli("--scenario", "smoke", "--kmod", str(kmod), out=out)
+    assert code == 1, output
+    assert result["verdict"] == "fail"
+    problems = "\n".join(p for step in result["steps"] for p in step["problems"])
+    assert re.search(variant.expected_message, problems), problems
+    assert re.search(variant.expected_message, output), output  # the user sees it too
+    assert no_qemu_left(out)
+
+
+def test_bad_scenario_is_a_usage_error_before_anything_boots(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsteps:\n  - alloc: {name: a, size: 4K, type: wx}\n")
+    code, output, _ = run_cli("--scenario", str(bad), out=tmp_path / "run")
+    assert code == 2
+    assert f"{bad}:3: step 'alloc': key 'type': expected one of wc, coherent" in output

@@ -1,0 +1,1448 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cma_test: run steps against /dev/cma_mem and print one "@cma" record per
+ * step. The CLI, the steps and the record format are specified in
+ * README.md next to this file; the ABI in ../kmod/include/uapi/linux/cma_mem.h.
+ *
+ *   cma_test STEP...            run the steps here
+ *   cma_test serve PROC         start a server that keeps its state between requests
+ *   cma_test ctl PROC STEP...   run the steps inside server PROC
+ *
+ * Exit status: 0 every step ok, 1 some step failed, 2 usage error.
+ */
+#define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/cma_mem.h>
+
+/* The same numbers as the driver's BUILD_BUG_ON()s: armhf and arm64 agree. */
+_Static_assert(sizeof(struct cma_mem_block) == 56, "cma_mem_block size");
+_Static_assert(offsetof(struct cma_mem_block, name) == 0, "name");
+_Static_assert(offsetof(struct cma_mem_block, is_use_buffer) == 16, "is_use_buffer");
+_Static_assert(offsetof(struct cma_mem_block, id) == 20, "id");
+_Static_assert(offsetof(struct cma_mem_block, offset) == 24, "offset");
+_Static_assert(offsetof(struct cma_mem_block, len) == 32, "len");
+_Static_assert(offsetof(struct cma_mem_block, phy_base) == 40, "phy_base");
+_Static_assert(offsetof(struct cma_mem_block, mem_base) == 48, "mem_base");
+_Static_assert(sizeof(struct cma_mem_info) == 32, "cma_mem_info size");
+_Static_assert(offsetof(struct cma_mem_info, cma_total) == 0, "cma_total");
+_Static_assert(offsetof(struct cma_mem_info, used) == 8, "used");
+_Static_assert(offsetof(struct cma_mem_info, available) == 16, "available");
+_Static_assert(offsetof(struct cma_mem_info, blocks) == 24, "blocks");
+_Static_assert(offsetof(struct cma_mem_info, reserved) == 28, "reserved");
+
+#define SOCK_DIR "/run/cma_test"
+#define MAX_LINE (64 * 1024)
+#define MAX_WORDS 4096
+#define EXHAUST_MAX 1000000
+
+/* ---- errno names ------------------------------------------------------ */
+
+static const struct {
+	int num;
+	const char *name;
+} errnames[] = {
+#define E(x) { x, #x }
+	E(EPERM), E(ENOENT), E(ESRCH), E(EINTR), E(EIO), E(ENXIO), E(E2BIG),
+	E(ENOEXEC), E(EBADF), E(ECHILD), E(EAGAIN), E(ENOMEM), E(EACCES),
+	E(EFAULT), E(EBUSY), E(EEXIST), E(EXDEV), E(ENODEV), E(ENOTDIR),
+	E(EISDIR), E(EINVAL), E(ENFILE), E(EMFILE), E(ENOTTY), E(EFBIG),
+	E(ENOSPC), E(ESPIPE), E(EROFS), E(EMLINK), E(EPIPE), E(EDOM),
+	E(ERANGE), E(EDEADLK), E(ENAMETOOLONG), E(ENOSYS), E(EOVERFLOW),
+	E(ENOTSOCK), E(EOPNOTSUPP), E(EADDRINUSE), E(ECONNREFUSED),
+	E(ECONNRESET), E(ETIMEDOUT), E(ENOTCONN), E(EPROTO), E(ENOBUFS),
+	E(ENOTSUP), E(ECANCELED), E(EOWNERDEAD),
+#undef E
+};
+
+static const char *errname(int e)
+{
+	static char buf[16];
+	size_t i;
+
+	if (e == 0)
+		return "0";
+	for (i = 0; i < sizeof(errnames) / sizeof(errnames[0]); i++)
+		if (errnames[i].num == e)
+			return errnames[i].name;
+	snprintf(buf, sizeof(buf), "E%d", e);
+	return buf;
+}
+
+/* "ENOENT", "0" or a number; -1 if unknown. */
+static int parse_errno(const char *s)
+{
+	size_t i;
+	char *end;
+	long v;
+
+	for (i = 0; i < sizeof(errnames) / sizeof(errnames[0]); i++)
+		if (!strcmp(errnames[i].name, s))
+			return errnames[i].num;
+	if (s[0] == 'E' && isdigit((unsigned char)s[1]))
+		s++;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < 0 || v > 4095)
+		return -1;
+	return (int)v;
+}
+
+/* ---- numbers ---------------------------------------------------------- */
+
+/* Decimal or 0x hex, optional K/M/G suffix (powers of 1024). */
+static bool parse_u64(const char *s, uint64_t *out, bool suffix)
+{
+	unsigned long long v;
+	uint64_t mul = 1;
+	char *end;
+
+	if (!*s || *s == '-' || isspace((unsigned char)*s))
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 0);
+	if (errno || end == s)
+		return false;
+	if (suffix && *end) {
+		switch (*end) {
+		case 'k': case 'K': mul = 1ULL << 10; break;
+		case 'm': case 'M': mul = 1ULL << 20; break;
+		case 'g': case 'G': mul = 1ULL << 30; break;
+		default: return false;
+		}
+		end++;
+	}
+	if (*end)
+		return false;
+	if (v && mul > UINT64_MAX / v)
+		return false;
+	*out = (uint64_t)v * mul;
+	return true;
+}
+
+static bool parse_u32(const char *s, uint32_t *out)
+{
+	uint64_t v;
+
+	if (!parse_u64(s, &v, false) || v > UINT32_MAX)
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
+/* ---- records ---------------------------------------------------------- */
+
+struct rec {
+	char f[2048];		/* " key=value" fields */
+	size_t n;
+	char msg[512];
+	bool bad;		/* failed whatever the errno */
+};
+
+static void rec_add(struct rec *r, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void rec_add(struct rec *r, const char *fmt, ...)
+{
+	va_list ap;
+	int k;
+
+	if (r->n + 2 >= sizeof(r->f))
+		return;
+	r->f[r->n++] = ' ';
+	va_start(ap, fmt);
+	k = vsnprintf(r->f + r->n, sizeof(r->f) - r->n, fmt, ap);
+	va_end(ap);
+	if (k > 0)
+		r->n += (size_t)k < sizeof(r->f) - r->n ? (size_t)k : sizeof(r->f) - r->n - 1;
+}
+
+/* Sets the message (first one wins); fail=true makes the step fail. */
+static void rec_msg(struct rec *r, bool fail, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void rec_msg(struct rec *r, bool fail, const char *fmt, ...)
+{
+	va_list ap;
+	char *p;
+
+	if (fail)
+		r->bad = true;
+	if (r->msg[0])
+		return;
+	va_start(ap, fmt);
+	vsnprintf(r->msg, sizeof(r->msg), fmt, ap);
+	va_end(ap);
+	for (p = r->msg; *p; p++)	/* a record is one line */
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+}
+
+/* ---- state ------------------------------------------------------------ */
+
+struct step {
+	const char *op;
+	char **args;
+	int nargs;
+	int want;		/* expected errno */
+	bool has_want;
+	int ptr;		/* raw: 0 normal, 1 ptr=bad, 2 ptr=ro */
+};
+
+static struct {
+	FILE *out;
+	int fd;				/* device, -1 when not open */
+	struct cma_mem_block *blk;	/* blocks ALLOCATE gave this process */
+	size_t nblk, capblk;
+	int step;			/* record counter, from 1 */
+	bool child;			/* records carry proc=child */
+	bool failed;
+	bool exit_now;			/* "exit" ran */
+	long pagesize;
+} S = { .fd = -1 };
+
+static struct cma_mem_block *find_blk(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < S.nblk; i++)
+		if (!strncmp(S.blk[i].name, name, CMA_MEM_NAME_LEN))
+			return &S.blk[i];
+	return NULL;
+}
+
+static void add_blk(const struct cma_mem_block *b)
+{
+	struct cma_mem_block *old = find_blk(b->name);
+
+	if (old) {
+		*old = *b;
+		return;
+	}
+	if (S.nblk == S.capblk) {
+		size_t cap = S.capblk ? 2 * S.capblk : 16;
+		struct cma_mem_block *p = realloc(S.blk, cap * sizeof(*p));
+
+		if (!p) {
+			perror("realloc");
+			exit(1);
+		}
+		S.blk = p;
+		S.capblk = cap;
+	}
+	S.blk[S.nblk++] = *b;
+}
+
+static void drop_blk(const char *name)
+{
+	struct cma_mem_block *b = find_blk(name);
+
+	if (b)
+		*b = S.blk[--S.nblk];
+}
+
+static void emit(const struct step *st, int step, int err, struct rec *r)
+{
+	int want = st->has_want ? st->want : 0;
+	bool ok = err == want && !r->bad;
+
+	if (!ok && !r->msg[0])
+		rec_msg(r, false, "expected errno %s, got %s", errname(want), errname(err));
+	fprintf(S.out, "@cma step=%d op=%s status=%s errno=%s", step, st->op,
+		ok ? "ok" : "fail", errname(err));
+	if (st->has_want)
+		fprintf(S.out, " expect=%s", errname(st->want));
+	if (S.child)
+		fputs(" proc=child", S.out);
+	fwrite(r->f, 1, r->n, S.out);
+	if (r->msg[0])
+		fprintf(S.out, " msg=%s", r->msg);
+	fputc('\n', S.out);
+	fflush(S.out);
+	if (!ok)
+		S.failed = true;
+}
+
+static void print_usage_record(FILE *out, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void print_usage_record(FILE *out, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(out, "@cma op=usage status=fail errno=EINVAL msg=%s\n", msg);
+	fflush(out);
+}
+
+static int need_fd(struct rec *r)
+{
+	if (S.fd >= 0)
+		return 0;
+	S.fd = open(CMA_MEM_DEVICE, O_RDWR | O_CLOEXEC);
+	if (S.fd < 0) {
+		int e = errno;
+
+		rec_msg(r, false, "open %s: %s", CMA_MEM_DEVICE, strerror(e));
+		return e;
+	}
+	return 0;
+}
+
+static void set_name(struct cma_mem_block *b, const char *name)
+{
+	size_t n = strlen(name);
+
+	/* Up to the whole array, without a NUL if the name fills it. */
+	memcpy(b->name, name, n < sizeof(b->name) ? n : sizeof(b->name));
+}
+
+static void rec_block(struct rec *r, const struct cma_mem_block *b)
+{
+	rec_add(r, "id=%" PRIu32, b->id);
+	rec_add(r, "len=%" PRIu64, (uint64_t)b->len);
+	rec_add(r, "phys=0x%" PRIx64, (uint64_t)b->phy_base);
+	rec_add(r, "user=0x%" PRIx64, (uint64_t)b->mem_base);
+	rec_add(r, "offset=0x%" PRIx64, (uint64_t)b->offset);
+}
+
+/* ---- guarded memory access -------------------------------------------- */
+
+/*
+ * verify/write/check touch the mappings; a mapping the driver broke must
+ * produce a failed record, not a dead process. SIGSEGV/SIGBUS jump back.
+ */
+static sigjmp_buf fault_jb;
+static volatile sig_atomic_t fault_armed;
+static void *volatile fault_addr;
+
+static void fault_handler(int sig, siginfo_t *si, void *ctx)
+{
+	(void)ctx;
+	if (!fault_armed) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	fault_armed = 0;
+	fault_addr = si->si_addr;
+	siglongjmp(fault_jb, sig);
+}
+
+static void install_fault_handler(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = fault_handler;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+/* Seeded test pattern, one 32-bit word at a time. */
+static uint32_t seeded_word(uint32_t seed, uint64_t word)
+{
+	uint32_t x = (uint32_t)word * 0x9e3779b1u ^ (uint32_t)(word >> 32) ^
+		     seed * 0x85ebca6bu;
+
+	x ^= x >> 16;
+	x *= 0x7feb352du;
+	x ^= x >> 15;
+	return x;
+}
+
+struct mismatch {
+	uint64_t at;
+	uint8_t want, got;
+};
+
+/* The driver's fill: returns false at the first wrong byte. */
+static __attribute__((noinline)) bool scan_driver_pattern(const uint8_t *p, uint64_t len,
+							  uint32_t id, struct mismatch *m)
+{
+	uint64_t off;
+
+	for (off = 0; off < len; off++) {
+		uint8_t want = cma_mem_pattern_byte(id, off);
+
+		if (p[off] != want) {
+			m->at = off;
+			m->want = want;
+			m->got = p[off];
+			return false;
+		}
+	}
+	return true;
+}
+
+static __attribute__((noinline)) void fill_seeded(uint8_t *p, uint64_t len, uint32_t seed)
+{
+	uint64_t w;
+
+	for (w = 0; w < len / 4; w++) {
+		uint32_t v = seeded_word(seed, w);
+
+		memcpy(p + 4 * w, &v, 4);
+	}
+}
+
+static __attribute__((noinline)) bool scan_seeded(const uint8_t *p, uint64_t len, uint32_t seed,
+						  struct mismatch *m)
+{
+	uint64_t w;
+
+	for (w = 0; w < len / 4; w++) {
+		uint32_t v = seeded_word(seed, w), got;
+		int i;
+
+		memcpy(&got, p + 4 * w, 4);
+		if (got == v)
+			continue;
+		for (i = 0; i < 4; i++) {
+			uint8_t a = ((const uint8_t *)&v)[i], b = ((const uint8_t *)&got)[i];
+
+			if (a != b) {
+				m->at = 4 * w + i;
+				m->want = a;
+				m->got = b;
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+enum mem_op { MEM_VERIFY, MEM_WRITE, MEM_CHECK };
+
+/* Returns 0, or EFAULT when the mapping faulted (SIGSEGV/SIGBUS). */
+static int guarded_mem(enum mem_op op, const struct cma_mem_block *b, uint32_t seed,
+		       struct rec *r)
+{
+	uint8_t *p = (uint8_t *)(uintptr_t)b->mem_base;
+	struct mismatch m;
+	bool good = true;
+	int sig;
+
+	sig = sigsetjmp(fault_jb, 1);
+	if (sig) {
+		rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)p));
+		rec_msg(r, false, "%s while accessing the mapping",
+			sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
+		return EFAULT;
+	}
+	fault_armed = 1;
+	switch (op) {
+	case MEM_VERIFY:
+		good = scan_driver_pattern(p, b->len, b->id, &m);
+		break;
+	case MEM_WRITE:
+		fill_seeded(p, b->len, seed);
+		good = scan_seeded(p, b->len, seed, &m);
+		break;
+	case MEM_CHECK:
+		good = scan_seeded(p, b->len, seed, &m);
+		break;
+	}
+	fault_armed = 0;
+	if (!good) {
+		rec_add(r, "at=%" PRIu64, m.at);
+		rec_add(r, "want=0x%02x", m.want);
+		rec_add(r, "got=0x%02x", m.got);
+		rec_msg(r, true, "pattern mismatch");
+	}
+	return 0;
+}
+
+/* ---- steps ------------------------------------------------------------ */
+
+static int do_alloc(const struct step *st, struct rec *r)
+{
+	struct cma_mem_block b;
+	uint64_t size, want_len;
+	int e;
+
+	parse_u64(st->args[1], &size, true);
+	rec_add(r, "name=%s", st->args[0]);
+	e = need_fd(r);
+	if (e)
+		return e;
+	memset(&b, 0, sizeof(b));
+	set_name(&b, st->args[0]);
+	b.len = size;
+	b.is_use_buffer = !strcmp(st->args[2], "wc") ? CMA_MEM_WC : CMA_MEM_COHERENT;
+	if (ioctl(S.fd, CMEM_ALLOCATE, &b) < 0)
+		return errno;
+	rec_block(r, &b);
+
+	/* What the driver returned must make sense. */
+	want_len = (size + (uint64_t)S.pagesize - 1) & ~((uint64_t)S.pagesize - 1);
+	if (b.id < 1)
+		rec_msg(r, true, "driver returned id 0");
+	else if (b.len != want_len)
+		rec_msg(r, true, "driver returned len %" PRIu64 ", expected %" PRIu64,
+			(uint64_t)b.len, want_len);
+	else if (!b.mem_base || b.mem_base % (uint64_t)S.pagesize)
+		rec_msg(r, true, "bad user address 0x%" PRIx64, (uint64_t)b.mem_base);
+	else if (b.phy_base % (uint64_t)S.pagesize || b.offset % (uint64_t)S.pagesize)
+		rec_msg(r, true, "physical address or offset not page aligned");
+	else if (b.is_use_buffer != (!strcmp(st->args[2], "wc") ? CMA_MEM_WC : CMA_MEM_COHERENT))
+		rec_msg(r, true, "driver changed is_use_buffer");
+	add_blk(&b);
+	return 0;
+}
+
+static int do_free(const struct step *st, struct rec *r)
+{
+	struct cma_mem_block b;
+	int e;
+
+	rec_add(r, "name=%s", st->args[0]);
+	e = need_fd(r);
+	if (e)
+		return e;
+	memset(&b, 0, sizeof(b));
+	set_name(&b, st->args[0]);
+	if (ioctl(S.fd, CMEM_UNMAP, &b) < 0)
+		return errno;
+	drop_blk(st->args[0]);	/* the driver unmapped it */
+	return 0;
+}
+
+static int do_mem(const struct step *st, struct rec *r, enum mem_op op)
+{
+	const struct cma_mem_block *b;
+	uint32_t seed = 0;
+
+	rec_add(r, "name=%s", st->args[0]);
+	if (op != MEM_VERIFY) {
+		parse_u32(st->args[1], &seed);
+		rec_add(r, "seed=%" PRIu32, seed);
+	}
+	b = find_blk(st->args[0]);
+	if (!b) {
+		rec_msg(r, false, "no block %s in this process", st->args[0]);
+		return ENOENT;
+	}
+	rec_add(r, "bytes=%" PRIu64, (uint64_t)b->len);
+	return guarded_mem(op, b, seed, r);
+}
+
+static int do_info(const struct step *st, struct rec *r)
+{
+	struct cma_mem_block b;
+	int e;
+
+	rec_add(r, "name=%s", st->args[0]);
+	e = need_fd(r);
+	if (e)
+		return e;
+	memset(&b, 0, sizeof(b));
+	set_name(&b, st->args[0]);
+	if (ioctl(S.fd, CMEM_GET_PHYS, &b) < 0)
+		return errno;
+	rec_block(r, &b);
+	return 0;
+}
+
+static int do_total(struct rec *r)
+{
+	struct cma_mem_info info;
+	int e = need_fd(r);
+
+	if (e)
+		return e;
+	memset(&info, 0, sizeof(info));
+	if (ioctl(S.fd, CMEM_GET_TOTAL_SIZE, &info) < 0)
+		return errno;
+	rec_add(r, "cma_total=%" PRIu64, (uint64_t)info.cma_total);
+	rec_add(r, "used=%" PRIu64, (uint64_t)info.used);
+	rec_add(r, "available=%" PRIu64, (uint64_t)info.available);
+	rec_add(r, "blocks=%" PRIu32, info.blocks);
+	if (info.reserved)
+		rec_msg(r, true, "reserved field is %" PRIu32, info.reserved);
+	return 0;
+}
+
+static int do_exhaust(const struct step *st, struct rec *r)
+{
+	struct cma_mem_block *got = NULL;
+	uint64_t chunk, total = 0;
+	size_t count = 0, cap = 0, i;
+	int e, stop = 0, free_err = 0;
+
+	parse_u64(st->args[0], &chunk, true);
+	rec_add(r, "chunk=%" PRIu64, chunk);
+	e = need_fd(r);
+	if (e)
+		return e;
+	while (count < EXHAUST_MAX) {
+		struct cma_mem_block b;
+
+		memset(&b, 0, sizeof(b));
+		snprintf(b.name, sizeof(b.name), "exh.%zu", count);
+		b.len = chunk;
+		b.is_use_buffer = CMA_MEM_COHERENT;
+		if (ioctl(S.fd, CMEM_ALLOCATE, &b) < 0) {
+			stop = errno;
+			break;
+		}
+		if (count == cap) {
+			struct cma_mem_block *p;
+
+			cap = cap ? 2 * cap : 64;
+			p = realloc(got, cap * sizeof(*p));
+			if (!p) {
+				stop = ENOMEM;
+				rec_msg(r, true, "out of memory in cma_test");
+				ioctl(S.fd, CMEM_UNMAP, &b);	/* not on the list */
+				break;
+			}
+			got = p;
+		}
+		got[count++] = b;
+		total += b.len;
+	}
+	for (i = 0; i < count; i++)
+		if (ioctl(S.fd, CMEM_UNMAP, &got[i]) < 0 && !free_err)
+			free_err = errno;
+	free(got);
+
+	rec_add(r, "total=%" PRIu64, total);
+	rec_add(r, "count=%zu", count);
+	if (free_err) {
+		rec_msg(r, true, "freeing an exhaust block failed: %s", errname(free_err));
+		return free_err;
+	}
+	if (stop == ENOMEM)
+		return 0;	/* ran out of CMA: the expected end */
+	if (!stop)
+		rec_msg(r, true, "still allocating after %d blocks", EXHAUST_MAX);
+	else
+		rec_msg(r, false, "allocation stopped with %s, not ENOMEM", errname(stop));
+	return stop;
+}
+
+static const struct {
+	const char *name;
+	unsigned long cmd;
+} cmds[] = {
+	{ "CMEM_GET_PHYS", CMEM_GET_PHYS },
+	{ "CMEM_MAP", CMEM_MAP },
+	{ "CMEM_GET_SIZE", CMEM_GET_SIZE },
+	{ "CMEM_UNMAP", CMEM_UNMAP },
+	{ "CMEM_ALLOCATE", CMEM_ALLOCATE },
+	{ "CMEM_CONNECT", CMEM_CONNECT },
+	{ "CMEM_GET_TOTAL_SIZE", CMEM_GET_TOTAL_SIZE },
+	{ "CMEM_CACHE_FLUSH", CMEM_CACHE_FLUSH },
+};
+
+static bool parse_cmd(const char *s, unsigned long *cmd)
+{
+	uint32_t v;
+	size_t i;
+
+	for (i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (!strcmp(cmds[i].name, s)) {
+			*cmd = cmds[i].cmd;
+			return true;
+		}
+	}
+	if (!parse_u32(s, &v))
+		return false;
+	*cmd = v;
+	return true;
+}
+
+static int do_raw(const struct step *st, struct rec *r)
+{
+	union {
+		struct cma_mem_block b;
+		struct cma_mem_info i;
+		unsigned char pad[256];
+	} u;
+	unsigned long cmd = 0;
+	uint64_t len = 0;
+	uint32_t flags = 0;
+	void *arg = &u, *page = MAP_FAILED;
+	int ret, e;
+
+	parse_cmd(st->args[0], &cmd);
+	parse_u64(st->args[2], &len, true);
+	parse_u32(st->args[3], &flags);
+	rec_add(r, "cmd=0x%lx", cmd);
+	rec_add(r, "name=%s", st->args[1]);
+	e = need_fd(r);
+	if (e)
+		return e;
+	memset(&u, 0, sizeof(u));
+	if (strcmp(st->args[1], "-"))
+		set_name(&u.b, st->args[1]);
+	u.b.len = len;
+	u.b.is_use_buffer = flags;
+
+	if (st->ptr == 1) {
+		arg = (void *)(uintptr_t)16;	/* never mapped */
+	} else if (st->ptr == 2) {
+		/* Readable but not writable: the driver's copy back fails. */
+		page = mmap(NULL, (size_t)S.pagesize, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (page == MAP_FAILED) {
+			e = errno;
+			rec_msg(r, true, "mmap for ptr=ro: %s", strerror(e));
+			return e;
+		}
+		memcpy(page, &u, sizeof(u));
+		mprotect(page, (size_t)S.pagesize, PROT_READ);
+		arg = page;
+	}
+	ret = ioctl(S.fd, cmd, arg);
+	e = ret < 0 ? errno : 0;
+	if (page != MAP_FAILED) {
+		memcpy(&u, page, sizeof(u));
+		munmap(page, (size_t)S.pagesize);
+	}
+	rec_add(r, "ret=%d", ret);
+	if (ret == 0 && st->ptr == 0) {
+		if (cmd == CMEM_GET_TOTAL_SIZE) {
+			rec_add(r, "cma_total=%" PRIu64, (uint64_t)u.i.cma_total);
+			rec_add(r, "used=%" PRIu64, (uint64_t)u.i.used);
+			rec_add(r, "available=%" PRIu64, (uint64_t)u.i.available);
+			rec_add(r, "blocks=%" PRIu32, u.i.blocks);
+		} else if (cmd == CMEM_ALLOCATE || cmd == CMEM_GET_PHYS ||
+			   cmd == CMEM_GET_SIZE) {
+			rec_block(r, &u.b);
+		}
+		if (cmd == CMEM_ALLOCATE)
+			add_blk(&u.b);
+		else if (cmd == CMEM_UNMAP)
+			drop_blk(u.b.name);
+	}
+	return e;
+}
+
+/* OFFSET: number, @NAME or @NAME+N. */
+static int resolve_offset(const char *s, uint64_t *off, struct rec *r)
+{
+	char name[CMA_MEM_NAME_LEN + 1];
+	const struct cma_mem_block *b;
+	const char *plus;
+	uint64_t extra = 0;
+	size_t n;
+
+	if (s[0] != '@') {
+		parse_u64(s, off, true);
+		return 0;
+	}
+	plus = strchr(s + 1, '+');
+	n = plus ? (size_t)(plus - s - 1) : strlen(s + 1);
+	if (n >= sizeof(name))
+		n = sizeof(name) - 1;
+	memcpy(name, s + 1, n);
+	name[n] = 0;
+	if (plus)
+		parse_u64(plus + 1, &extra, true);
+	b = find_blk(name);
+	if (!b) {
+		rec_msg(r, false, "no block %s in this process", name);
+		return ENOENT;
+	}
+	*off = b->offset + extra;
+	return 0;
+}
+
+static int do_mmap(const struct step *st, struct rec *r)
+{
+	uint64_t off = 0, len = 0;
+	void *p;
+	int e;
+
+	parse_u64(st->args[1], &len, true);
+	e = resolve_offset(st->args[0], &off, r);
+	rec_add(r, "offset=0x%" PRIx64, off);
+	rec_add(r, "len=%" PRIu64, len);
+	if (e)
+		return e;
+	e = need_fd(r);
+	if (e)
+		return e;
+	if (len > SIZE_MAX || off > (uint64_t)INT64_MAX)
+		return EOVERFLOW;
+	p = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, S.fd, (off_t)off);
+	if (p == MAP_FAILED)
+		return errno;
+	/* Kept mapped: a second mapping keeps the block alive in the driver. */
+	rec_add(r, "addr=0x%" PRIxPTR, (uintptr_t)p);
+	return 0;
+}
+
+static int do_sleep(const struct step *st, struct rec *r)
+{
+	uint64_t ms = 0;
+	struct timespec ts;
+
+	parse_u64(st->args[0], &ms, false);
+	rec_add(r, "ms=%" PRIu64, ms);
+	ts.tv_sec = (time_t)(ms / 1000);
+	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+	return 0;
+}
+
+/*
+ * A mapping holds the file open, so the driver's release (which frees
+ * the file's blocks) runs only once the mappings are gone: unmap the ones
+ * ALLOCATE made, as the process would before closing. Mappings made by
+ * "mmap" steps stay, and keep their blocks until this process exits.
+ */
+static int do_close(struct rec *r)
+{
+	size_t i;
+	int e = 0;
+
+	rec_add(r, "blocks=%zu", S.nblk);
+	if (S.fd < 0)
+		return 0;
+	for (i = 0; i < S.nblk; i++)
+		if (S.blk[i].mem_base)
+			munmap((void *)(uintptr_t)S.blk[i].mem_base, (size_t)S.blk[i].len);
+	S.nblk = 0;
+	if (close(S.fd) < 0)
+		e = errno;
+	S.fd = -1;
+	return e;
+}
+
+/* ---- parsing and running ---------------------------------------------- */
+
+static const struct {
+	const char *op;
+	int nargs;
+} ops[] = {
+	{ "alloc", 3 }, { "free", 1 }, { "verify", 1 }, { "write", 2 },
+	{ "check", 2 }, { "info", 1 }, { "total", 0 }, { "exhaust", 1 },
+	{ "raw", 4 }, { "mmap", 2 }, { "fork", 0 }, { "sleep", 1 },
+	{ "close", 0 }, { "exit", 0 },
+};
+
+static bool is_name_ok(const char *s)
+{
+	return *s && strlen(s) <= 64;
+}
+
+/* Checks the arguments a step will parse again when it runs. */
+static const char *check_args(const struct step *st)
+{
+	static char why[160];
+	const char *op = st->op;
+	uint64_t v;
+	uint32_t v32;
+	unsigned long cmd;
+
+#define BAD(...) do { snprintf(why, sizeof(why), __VA_ARGS__); return why; } while (0)
+	if (!strcmp(op, "alloc")) {
+		if (!is_name_ok(st->args[0]))
+			BAD("alloc: bad name '%s'", st->args[0]);
+		if (!parse_u64(st->args[1], &v, true))
+			BAD("alloc: bad size '%s'", st->args[1]);
+		if (strcmp(st->args[2], "wc") && strcmp(st->args[2], "coherent"))
+			BAD("alloc: type must be wc or coherent, not '%s'", st->args[2]);
+	} else if (!strcmp(op, "free") || !strcmp(op, "verify") || !strcmp(op, "info")) {
+		if (!is_name_ok(st->args[0]))
+			BAD("%s: bad name '%s'", op, st->args[0]);
+	} else if (!strcmp(op, "write") || !strcmp(op, "check")) {
+		if (!is_name_ok(st->args[0]))
+			BAD("%s: bad name '%s'", op, st->args[0]);
+		if (!parse_u32(st->args[1], &v32))
+			BAD("%s: bad seed '%s'", op, st->args[1]);
+	} else if (!strcmp(op, "exhaust")) {
+		if (!parse_u64(st->args[0], &v, true) || !v)
+			BAD("exhaust: bad chunk '%s'", st->args[0]);
+	} else if (!strcmp(op, "raw")) {
+		if (!parse_cmd(st->args[0], &cmd))
+			BAD("raw: bad command '%s'", st->args[0]);
+		if (!is_name_ok(st->args[1]))
+			BAD("raw: bad name '%s'", st->args[1]);
+		if (!parse_u64(st->args[2], &v, true))
+			BAD("raw: bad length '%s'", st->args[2]);
+		if (!parse_u32(st->args[3], &v32))
+			BAD("raw: bad flags '%s'", st->args[3]);
+	} else if (!strcmp(op, "mmap")) {
+		const char *o = st->args[0], *plus;
+
+		if (o[0] == '@') {
+			plus = strchr(o + 1, '+');
+			if (plus == o + 1 || o[1] == 0 ||
+			    (plus && !parse_u64(plus + 1, &v, true)))
+				BAD("mmap: bad offset '%s'", o);
+		} else if (!parse_u64(o, &v, true)) {
+			BAD("mmap: bad offset '%s'", o);
+		}
+		if (!parse_u64(st->args[1], &v, true))
+			BAD("mmap: bad length '%s'", st->args[1]);
+	} else if (!strcmp(op, "sleep")) {
+		if (!parse_u64(st->args[0], &v, false))
+			BAD("sleep: bad milliseconds '%s'", st->args[0]);
+	}
+	if (st->ptr && strcmp(op, "raw"))
+		BAD("%s: ptr= is for raw only", op);
+#undef BAD
+	return NULL;
+}
+
+/* Words -> steps. Returns the count, or -1 after printing a usage record. */
+static int parse_steps(char **w, int nw, struct step *steps, FILE *out)
+{
+	int i = 0, n = 0;
+
+	while (i < nw) {
+		struct step *st = &steps[n];
+		const char *why;
+		size_t k;
+
+		memset(st, 0, sizeof(*st));
+		for (k = 0; k < sizeof(ops) / sizeof(ops[0]); k++)
+			if (!strcmp(ops[k].op, w[i]))
+				break;
+		if (k == sizeof(ops) / sizeof(ops[0])) {
+			print_usage_record(out, "unknown step '%s'", w[i]);
+			return -1;
+		}
+		st->op = ops[k].op;
+		st->nargs = ops[k].nargs;
+		if (i + 1 + st->nargs > nw) {
+			print_usage_record(out, "%s needs %d argument(s)", st->op, st->nargs);
+			return -1;
+		}
+		st->args = &w[i + 1];
+		i += 1 + st->nargs;
+		while (i < nw) {
+			if (!strncmp(w[i], "expect=", 7)) {
+				int e = parse_errno(w[i] + 7);
+
+				if (e < 0) {
+					print_usage_record(out, "unknown errno in '%s'", w[i]);
+					return -1;
+				}
+				st->want = e;
+				st->has_want = true;
+			} else if (!strcmp(w[i], "ptr=bad")) {
+				st->ptr = 1;
+			} else if (!strcmp(w[i], "ptr=ro")) {
+				st->ptr = 2;
+			} else {
+				break;
+			}
+			i++;
+		}
+		why = check_args(st);
+		if (why) {
+			print_usage_record(out, "%s", why);
+			return -1;
+		}
+		n++;
+	}
+	if (n == 0) {
+		print_usage_record(out, "no steps");
+		return -1;
+	}
+	return n;
+}
+
+static void run_steps(struct step *steps, int n);
+
+static int do_fork(struct step *rest, int nrest, struct rec *r)
+{
+	int status;
+	pid_t pid;
+
+	fflush(S.out);
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0)
+		return errno;
+	if (pid == 0) {
+		S.child = true;
+		S.failed = false;
+		run_steps(rest, nrest);
+		fflush(S.out);
+		_exit(S.failed ? 1 : 0);
+	}
+	rec_add(r, "pid=%d", (int)pid);
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR) {
+			rec_msg(r, true, "waitpid: %s", strerror(errno));
+			return 0;
+		}
+	}
+	if (WIFEXITED(status)) {
+		rec_add(r, "exit=%d", WEXITSTATUS(status));
+		if (WEXITSTATUS(status))
+			rec_msg(r, true, "child failed");
+	} else if (WIFSIGNALED(status)) {
+		rec_add(r, "signal=%d", WTERMSIG(status));
+		rec_msg(r, true, "child killed by signal %d (%s)", WTERMSIG(status),
+			strsignal(WTERMSIG(status)));
+	}
+	return 0;
+}
+
+static void run_steps(struct step *steps, int n)
+{
+	int i;
+
+	for (i = 0; i < n && !S.exit_now; i++) {
+		struct step *st = &steps[i];
+		struct rec r;
+		int step = ++S.step;
+		int err = 0;
+
+		memset(&r, 0, sizeof(r));
+		if (!strcmp(st->op, "alloc"))
+			err = do_alloc(st, &r);
+		else if (!strcmp(st->op, "free"))
+			err = do_free(st, &r);
+		else if (!strcmp(st->op, "verify"))
+			err = do_mem(st, &r, MEM_VERIFY);
+		else if (!strcmp(st->op, "write"))
+			err = do_mem(st, &r, MEM_WRITE);
+		else if (!strcmp(st->op, "check"))
+			err = do_mem(st, &r, MEM_CHECK);
+		else if (!strcmp(st->op, "info"))
+			err = do_info(st, &r);
+		else if (!strcmp(st->op, "total"))
+			err = do_total(&r);
+		else if (!strcmp(st->op, "exhaust"))
+			err = do_exhaust(st, &r);
+		else if (!strcmp(st->op, "raw"))
+			err = do_raw(st, &r);
+		else if (!strcmp(st->op, "mmap"))
+			err = do_mmap(st, &r);
+		else if (!strcmp(st->op, "sleep"))
+			err = do_sleep(st, &r);
+		else if (!strcmp(st->op, "close"))
+			err = do_close(&r);
+		else if (!strcmp(st->op, "exit"))
+			S.exit_now = true;
+		else if (!strcmp(st->op, "fork")) {
+			/* The rest of the line belongs to the child. */
+			err = do_fork(steps + i + 1, n - i - 1, &r);
+			emit(st, step, err, &r);
+			return;
+		}
+		emit(st, step, err, &r);
+	}
+}
+
+/* Parse and run one list of steps; returns the exit status. */
+static int run_words(char **w, int nw)
+{
+	struct step *steps = calloc((size_t)nw + 1, sizeof(*steps));
+	int n;
+
+	if (!steps) {
+		print_usage_record(S.out, "out of memory");
+		return 1;
+	}
+	n = parse_steps(w, nw, steps, S.out);
+	if (n < 0) {
+		free(steps);
+		return 2;
+	}
+	S.step = 0;
+	S.failed = false;
+	run_steps(steps, n);
+	free(steps);
+	return S.failed ? 1 : 0;
+}
+
+/* ---- server ----------------------------------------------------------- */
+
+static bool proc_name_ok(const char *s)
+{
+	size_t n = strlen(s), i;
+
+	if (n == 0 || n > 64)
+		return false;
+	for (i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && !strchr("_.-", s[i]))
+			return false;
+	return s[0] != '.';
+}
+
+static void sock_path(const char *proc, struct sockaddr_un *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	snprintf(sa->sun_path, sizeof(sa->sun_path), SOCK_DIR "/%s.sock", proc);
+}
+
+static void write_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t k = write(fd, buf, len);
+
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		buf += k;
+		len -= (size_t)k;
+	}
+}
+
+/* Tells the waiting "serve" parent how the start went, then closes the pipe. */
+static void report_start(int fd, int err, const char *msg)
+{
+	char line[300];
+
+	snprintf(line, sizeof(line), "%d %d %s\n", err, (int)getpid(), msg);
+	write_all(fd, line, strlen(line));
+	close(fd);
+}
+
+/* Reads one line (without the newline) from a client; NULL on error/timeout. */
+static char *read_line(int fd)
+{
+	char *buf = malloc(MAX_LINE + 1);
+	size_t n = 0;
+
+	if (!buf)
+		return NULL;
+	while (n < MAX_LINE) {
+		ssize_t k = read(fd, buf + n, MAX_LINE - n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+		if (memchr(buf + n - (size_t)k, '\n', (size_t)k))
+			break;
+	}
+	buf[n] = 0;
+	if (strchr(buf, '\n'))
+		*strchr(buf, '\n') = 0;
+	else if (n == 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+static int split_words(char *line, char **w, int max)
+{
+	int n = 0;
+	char *save = NULL, *tok;
+
+	for (tok = strtok_r(line, " \t\r", &save); tok && n < max;
+	     tok = strtok_r(NULL, " \t\r", &save))
+		w[n++] = tok;
+	return n;
+}
+
+static void serve_loop(int lsock, const char *path)
+{
+	static char *w[MAX_WORDS];
+
+	for (;;) {
+		struct timeval tv = { .tv_sec = 30 };
+		char *line;
+		FILE *out;
+		int c, nw;
+
+		c = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			break;
+		}
+		/* A client that never sends must not hang the server. */
+		setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		line = read_line(c);
+		out = fdopen(c, "w");
+		if (!out) {
+			close(c);
+			free(line);
+			continue;
+		}
+		S.out = out;
+		if (!line) {
+			print_usage_record(out, "no request line");
+		} else {
+			nw = split_words(line, w, MAX_WORDS);
+			run_words(w, nw);
+		}
+		free(line);
+		fclose(out);
+		S.out = NULL;
+		if (S.exit_now)
+			break;
+	}
+	unlink(path);
+	close(lsock);
+	exit(0);
+}
+
+static int cmd_serve(const char *proc)
+{
+	struct sockaddr_un sa;
+	int pfd[2], status;
+	char buf[400];
+	size_t n = 0;
+	pid_t pid;
+
+	if (!proc_name_ok(proc)) {
+		print_usage_record(stdout, "bad server name '%s'", proc);
+		return 2;
+	}
+	sock_path(proc, &sa);
+	if ((mkdir("/run", 0755) < 0 && errno != EEXIST) ||
+	    (mkdir(SOCK_DIR, 0700) < 0 && errno != EEXIST)) {
+		int e = errno;
+
+		printf("@cma op=serve status=fail errno=%s name=%s msg=mkdir %s: %s\n",
+		       errname(e), proc, SOCK_DIR, strerror(e));
+		return 1;
+	}
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		perror("pipe");
+		return 1;
+	}
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0) {
+		perror("fork");
+		return 1;
+	}
+	if (pid == 0) {
+		/* First child: new session, fork the server, go. */
+		int lsock, e, devnull;
+
+		close(pfd[0]);
+		setsid();
+		pid = fork();
+		if (pid < 0) {
+			report_start(pfd[1], errno, "fork failed");
+			_exit(1);
+		}
+		if (pid > 0)
+			_exit(0);
+
+		/* The server. */
+		if (chdir("/") < 0) {
+			/* not fatal: the server uses absolute paths only */
+		}
+		signal(SIGPIPE, SIG_IGN);
+		lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (lsock < 0) {
+			report_start(pfd[1], errno, "socket failed");
+			_exit(1);
+		}
+		/* A live server of that name answers: do not steal its socket. */
+		if (connect(lsock, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			report_start(pfd[1], EADDRINUSE, "a server of that name is running");
+			_exit(1);
+		}
+		close(lsock);
+		lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		unlink(sa.sun_path);
+		if (lsock < 0 || bind(lsock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    listen(lsock, 16) < 0) {
+			e = errno;
+			report_start(pfd[1], e, "cannot listen on the socket");
+			_exit(1);
+		}
+		devnull = open("/dev/null", O_RDWR);
+		if (devnull >= 0) {
+			dup2(devnull, 0);
+			dup2(devnull, 1);
+			dup2(devnull, 2);
+			if (devnull > 2)
+				close(devnull);
+		}
+		report_start(pfd[1], 0, "listening");
+		serve_loop(lsock, sa.sun_path);
+	}
+
+	/* The caller: wait until the server listens (or says why not). */
+	close(pfd[1]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	for (;;) {
+		ssize_t k = read(pfd[0], buf + n, sizeof(buf) - 1 - n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+		if (n == sizeof(buf) - 1)
+			break;
+	}
+	close(pfd[0]);
+	buf[n] = 0;
+	{
+		int err = 0, spid = 0, off = 0;
+		char *nl = strchr(buf, '\n');
+
+		if (nl)
+			*nl = 0;
+		if (n == 0 || sscanf(buf, "%d %d %n", &err, &spid, &off) < 2) {
+			printf("@cma op=serve status=fail errno=ECHILD name=%s msg=server died before listening\n",
+			       proc);
+			return 1;
+		}
+		if (err) {
+			printf("@cma op=serve status=fail errno=%s name=%s msg=%s: %s\n",
+			       errname(err), proc, buf + off, strerror(err));
+			return 1;
+		}
+		printf("@cma op=serve status=ok name=%s pid=%d\n", proc, spid);
+	}
+	fflush(stdout);
+	return 0;
+}
+
+static int cmd_ctl(const char *proc, char **w, int nw)
+{
+	struct sockaddr_un sa;
+	char *line, *buf = NULL, *p;
+	size_t len = 0, cap = 0, n = 0;
+	int s, i, rc = 0, records = 0;
+
+	if (!proc_name_ok(proc)) {
+		print_usage_record(stdout, "bad server name '%s'", proc);
+		return 2;
+	}
+	if (nw == 0) {
+		print_usage_record(stdout, "ctl %s: no steps", proc);
+		return 2;
+	}
+	sock_path(proc, &sa);
+	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+
+		printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot reach server %s: %s\n",
+		       errname(e), proc, proc, strerror(e));
+		return 1;
+	}
+	for (i = 0; i < nw; i++)
+		len += strlen(w[i]) + 1;
+	line = malloc(len + 1);
+	if (!line)
+		return 1;
+	for (i = 0, p = line; i < nw; i++)
+		p += sprintf(p, "%s%s", i ? " " : "", w[i]);
+	strcpy(p, "\n");
+	signal(SIGPIPE, SIG_IGN);
+	write_all(s, line, strlen(line));
+	free(line);
+	shutdown(s, SHUT_WR);
+
+	/* Relay the records line by line as they come. */
+	for (;;) {
+		ssize_t k;
+		char *nl;
+
+		if (cap - n < 4096) {
+			cap = cap ? 2 * cap : 65536;
+			buf = realloc(buf, cap);
+			if (!buf)
+				return 1;
+		}
+		k = read(s, buf + n, cap - n - 1);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			if (n) {	/* last line without a newline */
+				buf[n++] = '\n';
+				k = 0;
+			} else {
+				break;
+			}
+		}
+		n += (size_t)k;
+		while ((nl = memchr(buf, '\n', n))) {
+			size_t ll = (size_t)(nl - buf) + 1;
+
+			fwrite(buf, 1, ll, stdout);
+			fflush(stdout);
+			if (!strncmp(buf, "@cma ", 5)) {
+				records++;
+				*nl = 0;
+				if (strstr(buf, " op=usage "))
+					rc = 2;
+				else if (strstr(buf, " status=fail") && rc == 0)
+					rc = 1;
+			}
+			memmove(buf, buf + ll, n - ll);
+			n -= ll;
+		}
+		if (k == 0)
+			break;
+	}
+	free(buf);
+	close(s);
+	if (!records) {
+		printf("@cma op=ctl status=fail errno=EPROTO name=%s msg=no reply from server %s\n",
+		       proc, proc);
+		return 1;
+	}
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	S.out = stdout;
+	S.pagesize = sysconf(_SC_PAGESIZE);
+	install_fault_handler();
+
+	if (argc < 2) {
+		print_usage_record(stdout,
+				   "usage: cma_test STEP... | cma_test serve PROC | cma_test ctl PROC STEP...");
+		return 2;
+	}
+	if (!strcmp(argv[1], "serve")) {
+		if (argc != 3) {
+			print_usage_record(stdout, "usage: cma_test serve PROC");
+			return 2;
+		}
+		return cmd_serve(argv[2]);
+	}
+	if (!strcmp(argv[1], "ctl")) {
+		if (argc < 3) {
+			print_usage_record(stdout, "usage: cma_test ctl PROC STEP...");
+			return 2;
+		}
+		return cmd_ctl(argv[2], argv + 3, argc - 3);
+	}
+	return run_words(argv + 1, argc - 1);
+}
