@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -43,6 +44,7 @@ class Guest:
         self.kernel_log = KernelLog()
         self.detector = FaultDetector()
         self.step = "boot"
+        self.on_spawn: Callable[[int], None] | None = None  # told QEMU's pid as soon as it exists
 
     def _on_line(self, line: ConsoleLine) -> None:
         if KERNEL_LINE.match(line.text):
@@ -56,6 +58,8 @@ class Guest:
 
     def start(self) -> Guest:
         self.qemu.start()
+        if self.on_spawn is not None and self.qemu.pid is not None:
+            self.on_spawn(self.qemu.pid)
         self.console = Console(self.qemu.child, self.console_log, self.qemu.started_at)
         self.console.add_listener(self._on_line)
         try:

@@ -35,6 +35,8 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
         )
     for problem in record.problems:
         console.print(f"[red]problem:[/red] {problem}")
+    if record.console_tail:
+        console.print("console tail:\n" + record.console_tail, soft_wrap=True, markup=False)
     if record.error:
         console.print("error: " + record.error, soft_wrap=True, markup=False, style="magenta")
     kernel = record.kernel.get("release", "?")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.errors import GuestError
 from harness.parsers.cmatest import CmaRecord, parse_records
 from harness.parsers.dmesg import CmaReservation, DumpMemRecord, parse_dump_mem
 from harness.parsers.faults import KernelEvent
@@ -125,11 +126,12 @@ class ScenarioRunner:
         self.barrier = barrier  # waits until the kernel log has caught up with a marker
         self.command_timeout = command_timeout
         self.results: list[StepResult] = []
+        self.aborted: GuestError | None = None  # set when the guest stopped answering
 
     # --- plumbing -------------------------------------------------------
 
-    def _run(self, result: StepResult, command: str) -> CommandResult:
-        out = self.transport.run(command, timeout=self.command_timeout)
+    def _run(self, result: StepResult, command: str, timeout: float | None = None) -> CommandResult:
+        out = self.transport.run(command, timeout=timeout or self.command_timeout)
         result.commands.append(
             {
                 "command": command,
@@ -221,7 +223,7 @@ class ScenarioRunner:
             del self.state.blocks[key]
 
     def step_shell(self, step: Step, result: StepResult) -> None:
-        out = self._run(result, step.args["run"])
+        out = self._run(result, step.args["run"], step.args["timeout"])
         if out.status != step.args["expect_status"]:
             result.fail(f"'{step.args['run']}' exited {out.status}, expected {step.args['expect_status']}")
 
@@ -316,8 +318,16 @@ class ScenarioRunner:
             self.set_step(f"{index}: {result.name}")
             log_mark, events_before = self.kernel_log.mark, len(self.events())
             started = time.monotonic()
-            getattr(self, f"step_{step.kind}")(step, result)
-            self.barrier(f"step {index} done")
+            try:
+                getattr(self, f"step_{step.kind}")(step, result)
+                self.barrier(f"step {index} done")
+            except GuestError as exc:
+                # The guest hung, died or panicked during this step: nothing after it can run.
+                result.duration = time.monotonic() - started
+                result.fail(f"guest stopped answering: {exc.message}")
+                self.check_invariants(result, log_mark, events_before)
+                self.aborted = exc
+                break
             result.duration = time.monotonic() - started
             self.check_invariants(result, log_mark, events_before)
         return self.results

@@ -35,6 +35,7 @@ from harness.yamlconf import (
     Schema,
     expect_mapping,
     is_int,
+    is_number,
     is_str,
     load_file,
     one_of,
@@ -103,7 +104,13 @@ STEP_SCHEMAS: dict[str, Schema] = {
             Field("process", is_str, default="main"),
         ]
     ),
-    "shell": Schema([Field("run", is_str, required=True), Field("expect_status", is_int, default=0)]),
+    "shell": Schema(
+        [
+            Field("run", is_str, required=True),
+            Field("expect_status", is_int, default=0),
+            Field("timeout", is_number, default=None, doc="seconds; default: the target's command timeout"),
+        ]
+    ),
 }
 # Steps whose value is a scalar or list rather than a mapping.
 SCALAR_STEPS = {

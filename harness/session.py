@@ -50,6 +50,7 @@ class RunRecord:
     error: str = ""
     started: str = ""
     problems: list[str] = field(default_factory=list)
+    console_tail: str = ""  # set when the guest died or hung
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
@@ -118,7 +119,9 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         console_log = (opts.out / "console.log").open("wb", buffering=0)
         try:
             with stage("boot"):
-                guest = Guest(opts.target, BootFiles(kernel.image, initrd), console_log).start()
+                guest = Guest(opts.target, BootFiles(kernel.image, initrd), console_log)
+                guest.on_spawn = lambda pid: (opts.out / "qemu.pid").write_text(f"{pid}\n")
+                guest.start()
             record.kernel["booted_release"] = guest.facts.release
             res = guest.facts.reservation
             record.cma = {"size_mib": res.size_mib, "base": hex(res.base)} if res else {}
@@ -141,10 +144,13 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     record.steps = [r.as_dict() for r in runner.results]
                     record.blocks = [b.as_dict() for b in runner.state.blocks.values()]
             with stage("report"):
-                guest.set_step("report")
-                dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
-                (opts.out / "dmesg.txt").write_text(dmesg.stdout)
-                guest.poweroff()
+                if runner.aborted is not None:
+                    record.console_tail = runner.aborted.detail or guest.tail()
+                else:
+                    guest.set_step("report")
+                    dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
+                    (opts.out / "dmesg.txt").write_text(dmesg.stdout)
+                    guest.poweroff()
         finally:
             if guest is not None:
                 guest.stop()
@@ -157,8 +163,10 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
     except HarnessError as exc:
         record.verdict = "error"
         record.error = exc.render()
-        if isinstance(exc, GuestError) and guest is not None:
-            record.kernel_events = [e.as_dict() for e in guest.events()]
+        if isinstance(exc, GuestError):
+            record.console_tail = exc.detail
+            if guest is not None:
+                record.kernel_events = [e.as_dict() for e in guest.events()]
     finally:
         record.timings["total"] = round(time.monotonic() - total_started, 4)
         record.write(opts.out / "result.json")

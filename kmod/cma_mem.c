@@ -76,11 +76,13 @@
 #define dump_mem_line(fmt, ...) printk(KERN_INFO "dump_mem:" fmt "\n", ##__VA_ARGS__)
 
 /*
- * mmap offsets ("cookies") handed out per file must fit vm_mmap()'s
- * unsigned long byte offset, and a 32-bit caller's mmap2() page offset.
+ * mmap offsets ("cookies") handed out per file: offset + length must stay
+ * below ULONG_MAX (vm_mmap() takes a byte offset, and file_mmap_ok() caps
+ * a character device there), and within reach of a 32-bit caller's
+ * mmap2() page offset (2^32 pages = 16 TiB).
  */
 #define CMA_MEM_COOKIE_LIMIT \
-	((u64)min_t(u64, ULONG_MAX, (1ULL << 44) - 1) + 1)
+	(BITS_PER_LONG == 32 ? (u64)(ULONG_MAX - PAGE_SIZE + 1) : 1ULL << 44)
 
 static bool test_pattern = true;
 module_param(test_pattern, bool, 0644);
@@ -112,6 +114,7 @@ struct cma_mem_buf {
 };
 
 static struct miscdevice cma_mem_misc;
+static struct device *cma_mem_dev;	/* misc this_device, referenced */
 static DEFINE_MUTEX(cma_mem_lock);
 static LIST_HEAD(cma_mem_all);		/* every block whose memory is allocated */
 static u64 cma_mem_used;		/* sum of len over cma_mem_all */
@@ -214,7 +217,7 @@ static void cma_mem_find_cma(void)
 
 static void cma_mem_buf_free_memory(struct cma_mem_buf *buf)
 {
-	struct device *dev = cma_mem_misc.this_device;
+	struct device *dev = cma_mem_dev;
 
 	/* Free with the allocator's own counterpart, never the other one. */
 	if (buf->wc)
@@ -418,7 +421,7 @@ static int cma_mem_check_name(const struct cma_mem_block *ub)
 static long cma_mem_ioc_allocate(struct file *file,
 				 struct cma_mem_block __user *uarg)
 {
-	struct device *dev = cma_mem_misc.this_device;
+	struct device *dev = cma_mem_dev;
 	struct cma_mem_file *cf = file->private_data;
 	const gfp_t gfp = GFP_KERNEL | __GFP_NOWARN | __GFP_NORETRY;
 	struct cma_mem_block ub;
@@ -706,7 +709,7 @@ static void cma_mem_vma_set_flags(struct vm_area_struct *vma, vm_flags_t flags)
 /* Runs under mmap_lock (write), from mmap(2) or from CMEM_ALLOCATE. */
 static int cma_mem_mmap(struct file *file, struct vm_area_struct *vma)
 {
-	struct device *dev = cma_mem_misc.this_device;
+	struct device *dev = cma_mem_dev;
 	struct cma_mem_file *cf = file->private_data;
 	u64 off = (u64)vma->vm_pgoff << PAGE_SHIFT;
 	u64 size = vma->vm_end - vma->vm_start;
@@ -885,8 +888,13 @@ static int __init cma_mem_init(void)
 		pr_err("misc_register failed: %d\n", ret);
 		goto err_debugfs;
 	}
-	ret = dma_coerce_mask_and_coherent(cma_mem_misc.this_device,
-					   DMA_BIT_MASK(64));
+	/*
+	 * Every allocation is made for the misc device: it needs a DMA mask.
+	 * Hold a reference so the device outlives misc_deregister() at unload
+	 * for as long as memory allocated for it may still be freed.
+	 */
+	cma_mem_dev = get_device(cma_mem_misc.this_device);
+	ret = dma_coerce_mask_and_coherent(cma_mem_dev, DMA_BIT_MASK(64));
 	if (ret) {
 		pr_err("cannot set the DMA mask: %d\n", ret);
 		goto err_misc;
@@ -897,6 +905,7 @@ static int __init cma_mem_init(void)
 
 err_misc:
 	misc_deregister(&cma_mem_misc);
+	put_device(cma_mem_dev);
 err_debugfs:
 	debugfs_remove_recursive(cma_mem_debugfs);
 	return ret;
@@ -919,6 +928,7 @@ static void __exit cma_mem_exit(void)
 		list_del(&buf->global_node);
 		cma_mem_buf_free_memory(buf);
 	}
+	put_device(cma_mem_dev);
 }
 
 module_init(cma_mem_init);

@@ -29,8 +29,8 @@ def run_cli(*args: str, out: Path) -> tuple[int, str, dict]:
 
 
 def no_qemu_left(out: Path) -> bool:
-    ps = subprocess.run(["pgrep", "-f", f"qemu-system.*{out}"], capture_output=True, text=True)
-    return ps.stdout.strip() == ""
+    pid = int((out / "qemu.pid").read_text())
+    return not Path(f"/proc/{pid}").exists() or b"qemu" not in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
 def test_smoke_passes_with_the_project_driver(tmp_path):

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Warm guest cycle vs. the bare-boot floor, measured in the same run.
+
+bare: QEMU + the same kernel + an initramfs whose /init powers off at once
+      (busybox only), from spawn to QEMU exit.
+run:  `cma-harness run` (the CLI process, Python start-up included) with the
+      default target and scenario, warm cache.
+Runs alternate (bare, run, bare, run, ...) so machine noise hits both alike;
+medians are reported, and the ratio of medians.
+
+    python benchmarks/cycle.py [--runs 5] [--target arm64-virt] [--scenario smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness import guestinit, initramfs, paths
+from harness.images import DebianProvider, ImageCache
+from harness.qemu import BootFiles, QemuProcess, qemu_command
+from harness.targets import resolve_target
+
+
+def bare_boot(argv: list[str]) -> float:
+    started = time.monotonic()
+    with QemuProcess(argv) as qemu:
+        qemu.child.expect_exact("@@ready", timeout=120)
+        qemu.wait_exit(60)
+    return time.monotonic() - started
+
+
+def harness_run(target: str, scenario: str, out: Path) -> tuple[float, dict]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--target", target, "--scenario", scenario, "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.monotonic() - started
+    result = json.loads((out / "result.json").read_text())
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return wall, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--target", default="arm64-virt")
+    parser.add_argument("--scenario", default="smoke")
+    args = parser.parse_args()
+
+    target = resolve_target(args.target)
+    provider = DebianProvider(ImageCache(paths.cache_dir()))
+    kernel, busybox = provider.kernel(target), provider.busybox(target)
+    with tempfile.TemporaryDirectory() as tmp:
+        dummy = Path(tmp) / "empty"
+        dummy.write_bytes(b"")
+        files = initramfs.GuestFiles(busybox=busybox.busybox, cma_test=dummy, kmod=dummy)
+        initrd = initramfs.cached_initramfs(Path(tmp), files, guestinit.BARE_INIT)
+        argv = qemu_command(target, BootFiles(kernel.image, initrd))
+        harness_run(args.target, args.scenario, Path(tmp) / "warmup")  # fill the caches
+        bare, full, stages = [], [], []
+        for i in range(args.runs):
+            bare.append(bare_boot(argv))
+            wall, result = harness_run(args.target, args.scenario, Path(tmp) / f"run{i}")
+            full.append(wall)
+            stages.append(result["timings"])
+    med_bare, med_full = statistics.median(bare), statistics.median(full)
+    print(f"target {args.target}, scenario {args.scenario}, {args.runs} runs each, alternating")
+    print(f"bare boot-to-poweroff   median {med_bare:6.2f} s   {' '.join(f'{b:.2f}' for b in bare)}")
+    print(f"cma-harness run (warm)  median {med_full:6.2f} s   {' '.join(f'{f:.2f}' for f in full)}")
+    added = med_full - med_bare
+    print(f"ratio run/bare          {med_full / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
+    for stage in stages[0]:
+        print(f"  stage {stage:<15} median {statistics.median(s[stage] for s in stages):6.3f} s")
+
+
+if __name__ == "__main__":
+    main()

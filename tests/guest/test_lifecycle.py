@@ -1,0 +1,80 @@
+"""QEMU never outlives the harness: hung step, Ctrl-C, SIGKILL; each ends in bounded time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.guest
+
+HANG = "name: hang\nsteps:\n  - insmod: {}\n  - shell: {run: 'sleep 600', timeout: 3}\n"
+
+
+def qemu_alive(out: Path) -> bool:
+    pid = int((out / "qemu.pid").read_text())
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    return b"qemu-system" in cmdline and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def start(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    scenario = tmp_path / "hang.yaml"
+    scenario.write_text(HANG)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--scenario", str(scenario), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    return proc, out
+
+
+def wait_for_boot(out: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = out / "console.log"
+        if log.exists() and b"@@ready" in log.read_bytes():
+            return
+        time.sleep(0.05)
+    raise AssertionError("guest did not boot")
+
+
+def test_hung_step_fails_within_timeout_plus_5s_with_console_tail(tmp_path):
+    proc, out = start(tmp_path)
+    wait_for_boot(out)
+    booted = time.monotonic()
+    output, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - booted < 3 + 5, "hang not reported within timeout + 5 s"
+    assert proc.returncode == 1, output
+    result = json.loads((out / "result.json").read_text())
+    assert result["verdict"] == "fail"
+    [hung] = [s for s in result["steps"] if s["status"] != "pass"]
+    assert "guest stopped answering" in hung["problems"][0] and "timed out after 3 s" in hung["problems"][0]
+    assert result["console_tail"]
+    assert not qemu_alive(out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "sigkill"])
+def test_qemu_dies_with_the_harness(tmp_path, sig):
+    proc, out = start(tmp_path)
+    wait_for_boot(out)
+    assert qemu_alive(out)
+    os.kill(proc.pid, sig)
+    proc.communicate(timeout=10)
+    deadline = time.monotonic() + 5
+    while qemu_alive(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not qemu_alive(out), f"QEMU outlived the harness after {sig.name}"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
