@@ -122,6 +122,9 @@ class QemuProcess:
         self.child.delaybeforesend = None
         self.child.delayafterclose = 0
         self.child.delayafterterminate = 0
+        # ...and ptyprocess underneath has its own copies of the close/terminate sleeps.
+        self.child.ptyproc.delayafterclose = 0
+        self.child.ptyproc.delayafterterminate = 0
         _live.add(self)
         return self
 

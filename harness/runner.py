@@ -193,20 +193,23 @@ class ScenarioRunner:
                 if (record.int("len") or 0) < a["size"]:
                     result.fail(f"{a['name']}: driver returned len {record.get('len')} < requested {a['size']}")
 
+    def _by_process(self, names: list[str]) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {}
+        for name in names:
+            grouped.setdefault(self._owner(name), []).append(name)
+        return grouped
+
     def step_free(self, step: Step, result: StepResult) -> None:
-        by_process: dict[str, list[str]] = {}
-        for name in step.args["names"]:
-            process = self._owner(name)
-            by_process.setdefault(process, []).append(name)
-        for process, names in by_process.items():
+        # One guest command per process, however many blocks: one round trip each.
+        for process, names in self._by_process(step.args["names"]).items():
             records = self._cma(result, process, " ".join(f"free {n}" for n in names))
             for name, record in zip(names, records, strict=False):
                 if record.ok:
                     self.state.blocks.pop((process, name), None)
 
     def step_verify(self, step: Step, result: StepResult) -> None:
-        for name in step.args["names"]:
-            self._cma(result, self._owner(name), f"verify {name}")
+        for process, names in self._by_process(step.args["names"]).items():
+            self._cma(result, process, " ".join(f"verify {n}" for n in names))
 
     def step_write(self, step: Step, result: StepResult) -> None:
         self._cma(result, step.args["process"], f"write {step.args['name']} {step.args['seed']}")

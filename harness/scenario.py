@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import paths
+from harness import abi, paths
 from harness.errors import ConfigError
 from harness.yamlconf import (
     Field,
@@ -42,8 +42,6 @@ from harness.yamlconf import (
     parse_size,
     validate,
 )
-
-NAME_MAX = 15  # CMA_MEM_NAME_LEN - 1, from the uapi header
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,9 @@ class Scenario:
 
 
 def _block_name(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > NAME_MAX or " " in value:
-        raise ValueError(f"a block name of 1..{NAME_MAX} characters without spaces")
+    name_max = abi.name_len() - 1  # the NUL takes one byte
+    if not isinstance(value, str) or not value or len(value.encode()) > name_max or " " in value:
+        raise ValueError(f"a block name of 1..{name_max} characters without spaces")
     return value
 
 

@@ -120,7 +120,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         try:
             with stage("boot"):
                 guest = Guest(opts.target, BootFiles(kernel.image, initrd), console_log)
-                guest.on_spawn = lambda pid: (opts.out / "qemu.pid").write_text(f"{pid}\n")
+                guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
                 guest.start()
             record.kernel["booted_release"] = guest.facts.release
             res = guest.facts.reservation
@@ -171,6 +171,11 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         record.timings["total"] = round(time.monotonic() - total_started, 4)
         record.write(opts.out / "result.json")
     return record
+
+
+def _write_pid(out: Path, pid: int) -> None:
+    # For people and tests: which process is this run's guest.
+    (out / "qemu.pid").write_text(f"{pid}\n")
 
 
 def exit_code(record: RunRecord) -> int:
