@@ -1,15 +1,17 @@
-"""Runs a scenario against a booted guest through any transport and checks invariants after every step.
+"""Runs a scenario against a booted guest through any transport, checking invariants after every step.
 
-After each step:
-- the step's own expectation (status, errno, pattern) held;
-- no kernel fault appeared on the console while it ran;
-- every live block lies inside the CMA reservation, and no two overlap;
-- each allocation's dump_mem record agrees with what the ioctl returned.
+The runner reasons about cma_test records, not about step kinds: every
+successful allocation a step makes (single, batched in a repeat, inside a
+fragment) is checked the same way:
+- it lies inside the CMA reservation and overlaps no live block;
+- its dump_mem record in the kernel log agrees with what the ioctl returned;
+and after every step no kernel fault appeared on the console meanwhile.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -20,15 +22,21 @@ from harness.errors import GuestError
 from harness.parsers.cmatest import CmaRecord, parse_records
 from harness.parsers.dmesg import CmaReservation, DumpMemRecord, parse_dump_mem
 from harness.parsers.faults import KernelEvent
-from harness.scenario import Scenario, Step
+from harness.parsers.ktap import parse_ktap, plan
+from harness.scenario import MAIN, Scenario, Step
 from harness.transport.base import CommandResult, Transport
 
 MODULE_PATH = "/lib/modules/cma_mem.ko"
 PATTERN_PARAM = "/sys/module/cma_mem/parameters/test_pattern"
 # delete_module() refuses a module with users: EWOULDBLOCK under busybox rmmod (O_NONBLOCK), EBUSY otherwise.
 MODULE_IN_USE = ("Resource temporarily unavailable", "Device or resource busy", "is in use")
-# The capacity probe allocates in this granule; baseline and check must agree within one granule.
+# The capacity probe allocates big chunks, then this granule; baseline and check must agree within it.
 CAPACITY_GRANULE = 1 << 20
+CAPACITY_CHUNKS = (16 << 20, CAPACITY_GRANULE)
+# cma_test steps per guest command in a batched repeat (a console line holds ~4 KiB).
+BATCH_CHARS = 3000
+# Steps that compile to cma_test words and can share one guest command.
+CMA_KINDS = {"alloc", "free", "verify", "write", "check", "info", "ioctl", "mmap", "cma"}
 
 
 @dataclass
@@ -63,23 +71,28 @@ def _hex(value: int | None) -> str | None:
 class StepResult:
     index: int
     name: str
-    status: str = "pass"  # pass | fail | error
+    line: int = 0
+    status: str = "pass"  # pass | fail
     duration: float = 0.0
     problems: list[str] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)
+    subtests: list[dict[str, Any]] = field(default_factory=list)
 
     def fail(self, problem: str) -> None:
         self.status = "fail"
-        self.problems.append(problem)
+        if problem not in self.problems:
+            self.problems.append(problem)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "name": self.name,
+            "line": self.line,
             "status": self.status,
             "duration": round(self.duration, 4),
             "problems": self.problems,
             "commands": self.commands,
+            "subtests": self.subtests,
         }
 
 
@@ -101,9 +114,10 @@ class KernelLog:
 class RunState:
     reservation: CmaReservation | None
     blocks: dict[tuple[str, str], Block] = field(default_factory=dict)
-    processes: set[str] = field(default_factory=set)
+    processes: dict[str, int] = field(default_factory=dict)  # name -> pid
     capacity_baseline: int | None = None
     capacity_check: int | None = None
+    allocated: list[Block] = field(default_factory=list)  # every allocation, freed or not (for the report)
 
 
 class ScenarioRunner:
@@ -123,10 +137,11 @@ class ScenarioRunner:
         self.events = events  # all kernel events so far (live detector)
         self.state = RunState(reservation)
         self.set_step = set_step
-        self.barrier = barrier  # waits until the kernel log has caught up with a marker
+        self.barrier = barrier  # waits until the kernel log has caught up
         self.command_timeout = command_timeout
         self.results: list[StepResult] = []
         self.aborted: GuestError | None = None  # set when the guest stopped answering
+        self._new_blocks: list[Block] = []  # allocations of the running step, for the dmesg check
 
     # --- plumbing -------------------------------------------------------
 
@@ -134,7 +149,7 @@ class ScenarioRunner:
         out = self.transport.run(command, timeout=timeout or self.command_timeout)
         result.commands.append(
             {
-                "command": command,
+                "command": command if len(command) < 300 else command[:300] + "…",
                 "status": out.status,
                 "stdout": out.stdout[-4000:],
                 "stderr": out.stderr[-2000:],
@@ -143,23 +158,137 @@ class ScenarioRunner:
         )
         return out
 
-    def _cma(self, result: StepResult, process: str, steps: str) -> list[CmaRecord]:
-        if process not in self.state.processes:
-            out = self._run(result, f"cma_test serve {shlex.quote(process)}")
-            if out.status != 0:
-                result.fail(f"cannot start process '{process}': {out.stdout.strip()} {out.stderr.strip()}")
-                return []
-            self.state.processes.add(process)
-        out = self._run(result, f"cma_test ctl {shlex.quote(process)} {steps}")
+    def _ensure_process(self, result: StepResult, process: str) -> bool:
+        if process in self.state.processes:
+            return True
+        out = self._run(result, f"cma_test serve {shlex.quote(process)}")
+        records = parse_records(out.stdout)
+        pid = records[0].int("pid") if records else None
+        if out.status != 0 or pid is None:
+            result.fail(f"cannot start process '{process}': {out.stdout.strip()} {out.stderr.strip()}")
+            return False
+        self.state.processes[process] = pid
+        return True
+
+    def _cma(
+        self, result: StepResult, process: str, words: str, kinds: dict[str, str] | None = None
+    ) -> list[CmaRecord]:
+        """Run cma_test steps inside a process; absorb every record into the model."""
+        if not self._ensure_process(result, process):
+            return []
+        out = self._run(result, f"cma_test ctl {shlex.quote(process)} {words}")
         records = parse_records(out.stdout)
         if not records:
             result.fail(f"cma_test printed no record (exit {out.status}): {out.stderr.strip() or out.stdout.strip()}")
         for record in records:
-            if not record.ok:
-                result.fail(f"cma_test: {record.describe()}")
+            self._absorb(result, process, record, kinds or {})
         return records
 
-    # --- steps ----------------------------------------------------------
+    def _absorb(self, result: StepResult, process: str, record: CmaRecord, kinds: dict[str, str]) -> None:
+        if not record.ok:
+            result.fail(f"cma_test: {record.describe()}")
+            return
+        if record.get("errno", "0") != "0" or record.get("proc") == "child":
+            return  # an expected failure changes nothing
+        name = record.get("name")
+        if record.op == "alloc":
+            block = Block(
+                name=name,
+                process=process,
+                id=record.int("id") or 0,
+                phys=record.int("phys") or 0,
+                length=record.int("len") or 0,
+                user=record.int("user") or 0,
+                kind=kinds.get(name, "?"),
+            )
+            self._check_new_block(result, block)
+            self.state.blocks[(process, name)] = block
+            self.state.allocated.append(block)
+            self._new_blocks.append(block)
+        elif record.op == "free":
+            self.state.blocks.pop((process, name), None)
+
+    def _forget_process(self, process: str) -> None:
+        self.state.processes.pop(process, None)
+        for key in [k for k in self.state.blocks if k[0] == process]:
+            del self.state.blocks[key]
+
+    # --- steps that compile to cma_test words ----------------------------
+
+    @staticmethod
+    def cma_words(step: Step) -> tuple[str, dict[str, str]]:
+        """The cma_test words for a step, and the memory type of each block it allocates."""
+        a, kind = step.args, step.kind
+        expect = f" expect={a['expect']}" if a.get("expect", "0") != "0" else ""
+        if kind == "alloc":
+            return f"alloc {a['name']} {a['size']} {a['type']}{expect}", {a["name"]: a["type"]}
+        if kind == "free":
+            return f"free {a['name']}{expect}", {}
+        if kind == "verify":
+            return " ".join(f"verify {n}" for n in a["names"]), {}
+        if kind in ("write", "check"):
+            return f"{kind} {a['name']} {a['seed']}", {}
+        if kind == "info":
+            return f"info {a['name']}{expect}", {}
+        if kind == "ioctl":
+            ptr = f" ptr={a['ptr']}" if a["ptr"] != "ok" else ""
+            return f"raw {a['cmd']} {a['name']} {a['len']} {a['flags']}{ptr}{expect}", {}
+        if kind == "mmap":
+            return f"mmap {a['offset']} {a['len']}{expect}", {}
+        if kind == "cma":
+            return a["run"], {}
+        raise AssertionError(kind)
+
+    def _cma_step(self, step: Step, result: StepResult) -> None:
+        words, kinds = self.cma_words(step)
+        self._cma(result, step.args.get("process", MAIN), words, kinds)
+
+    step_alloc = step_free = step_verify = step_write = step_check = _cma_step
+    step_info = step_ioctl = step_mmap = step_cma = _cma_step
+
+    def step_fragment(self, step: Step, result: StepResult) -> None:
+        a = step.args
+        n, size, kind = a["count"], a["size"], a["type"]
+        words = [f"alloc frag.{i} {size} {kind}" for i in range(n)]
+        words += [f"free frag.{i}" for i in range(0, n, 2)]
+        expect = f" expect={a['expect']}" if a["expect"] != "0" else ""
+        words.append(f"alloc frag.large {a['large']} {kind}{expect}")
+        kinds = {f"frag.{i}": kind for i in range(n)} | {"frag.large": kind}
+        self._cma(result, a["process"], " ".join(words), kinds)
+
+    def step_exhaust(self, step: Step, result: StepResult) -> None:
+        records = self._cma(result, step.args["process"], f"exhaust {step.args['chunk']}")
+        for record in records:
+            if record.op == "exhaust" and record.ok and not record.int("total"):
+                result.fail("exhaust: not a single chunk could be allocated")
+
+    # --- processes and the module ----------------------------------------
+
+    def step_spawn(self, step: Step, result: StepResult) -> None:
+        self._ensure_process(result, step.args["process"])
+
+    def _wait_gone(self, result: StepResult, pid: int, how: str) -> None:
+        out = self._run(result, f"{how}; while kill -0 {pid} 2>/dev/null; do sleep 0.01; done")
+        if out.status != 0:
+            result.fail(f"'{how}' failed ({out.status}): {out.stderr.strip()}")
+
+    def step_kill(self, step: Step, result: StepResult) -> None:
+        process = step.args["process"]
+        pid = self.state.processes.get(process)
+        if pid is None:
+            result.fail(f"process '{process}' is not running")
+            return
+        self._wait_gone(result, pid, f"kill -9 {pid}")
+        # The driver's release() frees a killed process's blocks; the capacity check proves it.
+        self._forget_process(process)
+
+    def step_exit(self, step: Step, result: StepResult) -> None:
+        process = step.args["process"]
+        pid = self.state.processes.get(process)
+        self._cma(result, process, "exit")
+        if pid is not None:
+            self._wait_gone(result, pid, ":")
+        self._forget_process(process)
 
     def step_insmod(self, step: Step, result: StepResult) -> None:
         out = self._run(result, f"insmod {MODULE_PATH} {step.args['params']}".strip())
@@ -176,75 +305,78 @@ class ScenarioRunner:
             elif not any(reason in out.stderr for reason in MODULE_IN_USE):
                 result.fail(f"rmmod refused for another reason than 'in use': {out.stderr.strip()}")
 
-    def step_alloc(self, step: Step, result: StepResult) -> None:
-        a = step.args
-        records = self._cma(result, a["process"], f"alloc {a['name']} {a['size']} {a['type']}")
-        for record in records:
-            if record.op == "alloc" and record.ok:
-                self.state.blocks[(a["process"], a["name"])] = Block(
-                    name=a["name"],
-                    process=a["process"],
-                    id=record.int("id") or 0,
-                    phys=record.int("phys") or 0,
-                    length=record.int("len") or 0,
-                    user=record.int("user") or 0,
-                    kind=a["type"],
-                )
-                if (record.int("len") or 0) < a["size"]:
-                    result.fail(f"{a['name']}: driver returned len {record.get('len')} < requested {a['size']}")
+    def step_repeat(self, step: Step, result: StepResult) -> None:
+        times, body = step.args["times"], step.body
+        processes = {s.args.get("process", MAIN) for s in body}
+        if all(s.kind in CMA_KINDS for s in body) and len(processes) == 1:
+            # A pure cma_test body: as many iterations per guest command as fit on one line.
+            [process] = processes
+            compiled = [self.cma_words(s) for s in body]
+            words = " ".join(w for w, _ in compiled)
+            kinds = {name: kind for _, k in compiled for name, kind in k.items()}
+            per_call = max(1, BATCH_CHARS // (len(words) + 1))
+            done = 0
+            while done < times and result.status == "pass":
+                batch = min(per_call, times - done)
+                self._cma(result, process, " ".join([words] * batch), kinds)
+                done += batch
+            result.name = f"{result.name} ({done}/{times} iterations)"
+            return
+        for _ in range(times):
+            for inner in body:
+                getattr(self, f"step_{inner.kind}")(inner, result)
+            if result.status != "pass":
+                break
 
-    def _by_process(self, names: list[str]) -> dict[str, list[str]]:
-        grouped: dict[str, list[str]] = {}
-        for name in names:
-            grouped.setdefault(self._owner(name), []).append(name)
-        return grouped
-
-    def step_free(self, step: Step, result: StepResult) -> None:
-        # One guest command per process, however many blocks: one round trip each.
-        for process, names in self._by_process(step.args["names"]).items():
-            records = self._cma(result, process, " ".join(f"free {n}" for n in names))
-            for name, record in zip(names, records, strict=False):
-                if record.ok:
-                    self.state.blocks.pop((process, name), None)
-
-    def step_verify(self, step: Step, result: StepResult) -> None:
-        for process, names in self._by_process(step.args["names"]).items():
-            self._cma(result, process, " ".join(f"verify {n}" for n in names))
-
-    def step_write(self, step: Step, result: StepResult) -> None:
-        self._cma(result, step.args["process"], f"write {step.args['name']} {step.args['seed']}")
-
-    def step_check(self, step: Step, result: StepResult) -> None:
-        self._cma(result, step.args["process"], f"check {step.args['name']} {step.args['seed']}")
-
-    def step_exit(self, step: Step, result: StepResult) -> None:
-        process = step.args["process"]
-        self._cma(result, process, "exit")
-        self.state.processes.discard(process)
-        # The driver frees a file's blocks when it is closed; the process is gone, so are they.
-        for key in [k for k in self.state.blocks if k[0] == process]:
-            del self.state.blocks[key]
+    # --- host-side observations ------------------------------------------
 
     def step_shell(self, step: Step, result: StepResult) -> None:
         out = self._run(result, step.args["run"], step.args["timeout"])
         if out.status != step.args["expect_status"]:
             result.fail(f"'{step.args['run']}' exited {out.status}, expected {step.args['expect_status']}")
 
+    def step_ktap(self, step: Step, result: StepResult) -> None:
+        out = self._run(result, step.args["run"], step.args["timeout"])
+        points = parse_ktap(out.stdout)
+        result.subtests = [p.as_dict() for p in points]
+        planned = plan(out.stdout)
+        if not points:
+            result.fail(f"'{step.args['run']}' printed no KTAP/TAP result (exit {out.status})")
+        for point in points:
+            if point.status == "fail":
+                result.fail(f"not ok {point.number} {point.name}")
+        top = [p for p in points if p.depth == 0]
+        if planned is not None and len(top) != planned:
+            result.fail(f"planned {planned} tests, {len(top)} reported")
+
+    def step_dmesg(self, step: Step, result: StepResult) -> None:
+        self.barrier("dmesg")
+        lines = [line for _, line in self.kernel_log.lines]
+        contains, absent = step.args["contains"], step.args["absent"]
+        if contains and not any(re.search(contains, line) for line in lines):
+            result.fail(f"kernel log has no line matching /{contains}/")
+        if absent:
+            hits = [line for line in lines if re.search(absent, line)]
+            if hits:
+                result.fail(f"kernel log has a line matching /{absent}/: {hits[0]}")
+
     def step_capacity(self, step: Step, result: StepResult) -> None:
         """The largest total the driver can allocate: an allocator-level leak check.
 
         CmaFree in /proc/meminfo cannot be used (freed pages linger on per-CPU
-        lists); allocating until ENOMEM measures what really came back. In
-        'check' mode the module is loaded just for the probe.
+        lists); allocating until ENOMEM measures what really came back. Big
+        chunks first, then the granule, so the probe stays fast. In 'check'
+        mode the module is loaded just for the probe.
         """
         mode = step.args["mode"]
         loaded_here = mode == "check"
+        chunks = ",".join(str(chunk) for chunk in CAPACITY_CHUNKS)
         if loaded_here and self._run(result, f"insmod {MODULE_PATH} test_pattern=0").status != 0:
             result.fail("capacity check: insmod failed")
             return
         probe = self._run(
             result,
-            f"echo 0 > {PATTERN_PARAM}; cma_test exhaust {CAPACITY_GRANULE}; rc=$?; echo 1 > {PATTERN_PARAM}; exit $rc",
+            f"echo 0 > {PATTERN_PARAM}; cma_test exhaust {chunks}; rc=$?; echo 1 > {PATTERN_PARAM}; exit $rc",
         )
         if loaded_here:
             self._run(result, "rmmod cma_mem")
@@ -268,46 +400,48 @@ class ScenarioRunner:
 
     # --- invariants -----------------------------------------------------
 
-    def _owner(self, name: str) -> str:
-        owners = [p for (p, n) in self.state.blocks if n == name]
-        return owners[0] if owners else "main"
+    def _check_new_block(self, result: StepResult, block: Block) -> None:
+        reservation = self.state.reservation
+        if reservation and not reservation.contains(block.phys, block.length):
+            result.fail(
+                f"{block.name}: phys {block.phys:#x}+{block.length:#x} is outside the CMA reservation "
+                f"{reservation.base:#x}..{reservation.end:#x}"
+            )
+        for other in self.state.blocks.values():
+            if block.phys < other.phys + other.length and other.phys < block.phys + block.length:
+                result.fail(
+                    f"blocks {block.name} and {other.name} overlap "
+                    f"({block.phys:#x}+{block.length:#x} and {other.phys:#x}+{other.length:#x})"
+                )
 
     def check_invariants(self, result: StepResult, log_mark: int, events_before: int) -> None:
         for event in self.events()[events_before:]:
             result.fail(f"kernel {event.kind}: {event.title}")
-        reservation = self.state.reservation
         blocks = sorted(self.state.blocks.values(), key=lambda b: b.phys)
-        for block in blocks:
-            if reservation and not reservation.contains(block.phys, block.length):
-                result.fail(
-                    f"{block.name}: phys {block.phys:#x}+{block.length:#x} is outside the CMA reservation "
-                    f"{reservation.base:#x}..{reservation.end:#x}"
-                )
         for a, b in itertools.pairwise(blocks):
             if a.phys + a.length > b.phys:
                 result.fail(f"blocks {a.name} and {b.name} overlap ({a.phys:#x}+{a.length:#x} > {b.phys:#x})")
         self._check_dump_mem(result, parse_dump_mem(self.kernel_log.since(log_mark)))
 
     def _check_dump_mem(self, result: StepResult, records: list[DumpMemRecord]) -> None:
-        if result.name.split()[0] != "alloc":
-            return
-        new = [b for b in self.state.blocks.values() if b.dmesg is None]
-        if new and not records:
-            result.fail("no dump_mem record in the kernel log for this allocation")
-            return
+        """Each allocation of this step has a dump_mem record that agrees with the ioctl."""
+        new, self._new_blocks = self._new_blocks, []
+        pending = list(records)
         for block in new:
-            match = next((r for r in records if r.name == block.name), None)
+            match = next((r for r in pending if r.name == block.name and r.id in (None, block.id)), None)
             if match is None:
-                result.fail(f"{block.name}: no dump_mem record names this block")
+                result.fail(f"{block.name}: no dump_mem record in the kernel log for this allocation")
                 continue
+            pending.remove(match)
             block.dmesg = match
             for label, logged, returned in (
                 ("physical address", match.phys, block.phys),
                 ("user address", match.user, block.user),
                 ("id", match.id, block.id),
                 ("size", match.size, block.length),
+                ("memory type", match.usebuf, {"wc": 1, "coherent": 0}.get(block.kind, match.usebuf)),
             ):
-                if logged is not None and logged != returned:
+                if logged is not None and returned is not None and logged != returned:
                     result.fail(
                         f"{block.name}: {label} in dmesg ({_show(logged)}) differs from the ioctl's ({_show(returned)})"
                     )
@@ -316,7 +450,7 @@ class ScenarioRunner:
 
     def run(self, scenario: Scenario) -> list[StepResult]:
         for index, step in enumerate(scenario.steps, start=1):
-            result = StepResult(index=index, name=step.describe())
+            result = StepResult(index=index, name=step.describe(), line=step.line)
             self.results.append(result)
             self.set_step(f"{index}: {result.name}")
             log_mark, events_before = self.kernel_log.mark, len(self.events())

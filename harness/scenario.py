@@ -1,27 +1,39 @@
 """Scenario files: a list of steps, validated (file, line, what was expected) before anything boots.
 
+Schema (docs/scenarios.md has the full reference):
+
 ```yaml
-name: smoke
-description: what it shows
+name: smoke                         # default: the file name
+description: one line
 steps:
-  - insmod: {}                      # or {params: "test_pattern=1"}
-  - capacity: baseline              # largest total the driver can allocate
-  - alloc: {name: mem1, size: 800*480*4, type: wc}
-  - verify: [mem1]                  # the driver's test pattern, whole buffer
-  - write: {name: mem1, seed: 7}    # write a pattern and read it back
+  - insmod: {params: "test_pattern=1"}
+  - alloc: {name: mem1, size: 800*480*4, type: wc}     # process: main (default), expect: 0
+  - alloc: {name: big, size: 1G, expect: EINVAL}        # expect an exact errno
+  - verify: [mem1]                  # the driver's test pattern over the whole buffer
+  - write: {name: mem1, seed: 7}    # write a pattern, read it back
   - check: {name: mem1, seed: 7}    # that pattern is still there
-  - free: mem1
-  - rmmod: {expect: busy}           # refused while blocks are mapped
-  - exit: main                      # the process ends; its blocks are freed
-  - rmmod: {}
-  - capacity: check                 # same total as the baseline
-  - shell: {run: "cat /proc/meminfo", expect_status: 0}
+  - info: {name: mem1}              # CMEM_GET_PHYS
+  - ioctl: {cmd: CMEM_ALLOCATE, name: "", len: 4096, flags: 1, expect: EINVAL}   # raw
+  - mmap: {offset: "@mem1", len: 8192, expect: EINVAL}  # mmap the device fd
+  - cma: {process: main, run: "fork free mem1 expect=EPERM"}   # any cma_test steps
+  - spawn: other                    # another process (own open file)
+  - free: {name: mem1, process: other, expect: ENOENT}
+  - kill: other                     # SIGKILL: the driver must free its blocks
+  - exit: main                      # clean exit
+  - exhaust: {chunk: 4M}            # allocate until ENOMEM, free
+  - fragment: {count: 8, size: 1M, large: 4M}  # alloc N, free every other, alloc large
+  - repeat: {times: 1000, steps: [...]}
+  - rmmod: {expect: busy}
+  - capacity: baseline | check      # allocator-level leak check
+  - shell: {run: "cat /proc/meminfo", expect_status: 0, timeout: 10}
+  - ktap: {run: "/bin/some_test"}   # KTAP/TAP output: one result per test point
+  - dmesg: {contains: "regex", absent: "regex"}   # over the kernel log so far
 ```
-Blocks belong to a process (default `main`, started on first use).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +48,7 @@ from harness.yamlconf import (
     expect_mapping,
     is_int,
     is_number,
+    is_positive_int,
     is_str,
     load_file,
     one_of,
@@ -43,16 +56,30 @@ from harness.yamlconf import (
     validate,
 )
 
+MAIN = "main"
+
 
 @dataclass(frozen=True)
 class Step:
     kind: str
     args: dict[str, Any]
     line: int
+    body: tuple[Step, ...] = ()  # repeat
 
     def describe(self) -> str:
-        shown = " ".join(f"{k}={v}" for k, v in self.args.items() if v not in (None, "", [], {}))
+        defaults = {"process": MAIN, "expect": "0", "ptr": "ok", "steps": None}
+        shown = " ".join(
+            f"{k}={_short(v)}"
+            for k, v in self.args.items()
+            if v not in (None, "", [], {}) and (k not in defaults or defaults[k] != v) and k != "steps"
+        )
         return f"{self.kind} {shown}".strip()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -61,6 +88,9 @@ class Scenario:
     path: Path
     description: str
     steps: list[Step] = field(default_factory=list)
+
+
+# --- value checks ---------------------------------------------------------
 
 
 def _block_name(value: Any) -> str:
@@ -78,89 +108,231 @@ def _names(value: Any) -> list[str]:
     return [_block_name(v) for v in value]
 
 
+def _process(value: Any) -> str:
+    if not isinstance(value, str) or not value.replace("-", "").replace("_", "").isalnum() or len(value) > 32:
+        raise ValueError("a process name (letters, digits, - and _)")
+    return value
+
+
+def _errno(value: Any) -> str:
+    if value in (0, "0", None):
+        return "0"
+    if isinstance(value, str) and value.isupper() and value.startswith("E") and value.isalnum():
+        return value
+    raise ValueError("an errno name like EINVAL (or 0 for success)")
+
+
+def _raw_name(value: Any) -> str:
+    # Raw ioctls may pass any name, including empty ("-") and overlong ones.
+    if value in ("", None):
+        return "-"
+    if not isinstance(value, str) or " " in value or len(value) > 64:
+        raise ValueError("a name without spaces, at most 64 characters ('' for empty)")
+    return value
+
+
+def _cmd(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and (value in abi.command_names() or value.startswith("0x")):
+        return value
+    raise ValueError("a CMEM_* command from the uapi header or a number: " + ", ".join(abi.command_names()))
+
+
+def _mmap_offset(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.startswith("@"):
+        name, _, extra = value[1:].partition("+")
+        _block_name(name)
+        if extra:
+            parse_size(extra)
+        return value
+    raise ValueError("a byte offset, or '@NAME' / '@NAME+BYTES' for a block's own offset")
+
+
+def _cma_steps(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "'" in value or ";" in value:
+        raise ValueError("cma_test steps as one string (see userland/README.md)")
+    return value.strip()
+
+
+def _regex(value: Any) -> str:
+    import re
+
+    if not isinstance(value, str):
+        raise ValueError("a regular expression")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"a valid regular expression ({exc})") from None
+    return value
+
+
+# --- step table -----------------------------------------------------------
+
+PROCESS = Field("process", _process, default=MAIN, doc="the cma_test process that owns the blocks")
+EXPECT = Field("expect", _errno, default="0", doc="errno the call must fail with (0: must succeed)")
+
+
+def _schema(*fields: Field) -> Schema:
+    return Schema(list(fields))
+
+
 STEP_SCHEMAS: dict[str, Schema] = {
-    "insmod": Schema([Field("params", is_str, default="")]),
-    "rmmod": Schema([Field("expect", one_of("ok", "busy"), default="ok")]),
-    "alloc": Schema(
-        [
-            Field("name", _block_name, required=True),
-            Field("size", parse_size, required=True, doc="bytes, e.g. 800*480*4 or 4M"),
-            Field("type", one_of("wc", "coherent"), default="wc"),
-            Field("process", is_str, default="main"),
-        ]
+    "insmod": _schema(Field("params", is_str, default="")),
+    "rmmod": _schema(Field("expect", one_of("ok", "busy"), default="ok")),
+    "alloc": _schema(
+        Field("name", _block_name, required=True),
+        Field("size", parse_size, required=True, doc="bytes, e.g. 800*480*4 or 4M"),
+        Field("type", one_of("wc", "coherent"), default="wc"),
+        PROCESS,
+        EXPECT,
     ),
-    "write": Schema(
-        [
-            Field("name", _block_name, required=True),
-            Field("seed", is_int, default=1),
-            Field("process", is_str, default="main"),
-        ]
+    "free": _schema(Field("name", _block_name, required=True), PROCESS, EXPECT),
+    "verify": _schema(Field("names", _names, required=True), PROCESS),
+    "write": _schema(Field("name", _block_name, required=True), Field("seed", is_int, default=1), PROCESS),
+    "check": _schema(Field("name", _block_name, required=True), Field("seed", is_int, default=1), PROCESS),
+    "info": _schema(Field("name", _block_name, required=True), PROCESS, EXPECT),
+    "ioctl": _schema(
+        Field("cmd", _cmd, required=True),
+        Field("name", _raw_name, default="-"),
+        Field("len", parse_size, default=0),
+        Field("flags", is_int, default=0),
+        Field("ptr", one_of("ok", "bad", "ro"), default="ok"),
+        PROCESS,
+        EXPECT,
     ),
-    "check": Schema(
-        [
-            Field("name", _block_name, required=True),
-            Field("seed", is_int, default=1),
-            Field("process", is_str, default="main"),
-        ]
+    "mmap": _schema(
+        Field("offset", _mmap_offset, required=True), Field("len", parse_size, required=True), PROCESS, EXPECT
     ),
-    "shell": Schema(
-        [
-            Field("run", is_str, required=True),
-            Field("expect_status", is_int, default=0),
-            Field("timeout", is_number, default=None, doc="seconds; default: the target's command timeout"),
-        ]
+    "cma": _schema(Field("run", _cma_steps, required=True), PROCESS),
+    "spawn": _schema(Field("process", _process, required=True)),
+    "kill": _schema(Field("process", _process, required=True)),
+    "exit": _schema(Field("process", _process, required=True)),
+    "exhaust": _schema(Field("chunk", parse_size, required=True), PROCESS),
+    "fragment": _schema(
+        Field("count", is_positive_int, required=True),
+        Field("size", parse_size, required=True),
+        Field("large", parse_size, required=True),
+        Field("type", one_of("wc", "coherent"), default="coherent"),
+        PROCESS,
+        EXPECT,
     ),
+    "repeat": _schema(Field("times", is_positive_int, required=True), Field("steps", lambda v: v, required=True)),
+    "capacity": _schema(Field("mode", one_of("baseline", "check"), required=True)),
+    "shell": _schema(
+        Field("run", is_str, required=True),
+        Field("expect_status", is_int, default=0),
+        Field("timeout", is_number, default=None, doc="seconds; default: the target's command timeout"),
+    ),
+    "ktap": _schema(Field("run", is_str, required=True), Field("timeout", is_number, default=None)),
+    "dmesg": _schema(Field("contains", _regex, default=None), Field("absent", _regex, default=None)),
 }
-# Steps whose value is a scalar or list rather than a mapping.
-SCALAR_STEPS = {
-    "free": ("names", _names),
-    "verify": ("names", _names),
-    "exit": ("process", is_str),
-    "capacity": ("mode", one_of("baseline", "check")),
+
+# Shorthand: `free: mem1`, `verify: [a, b]`, `exit: main`, `capacity: check`.
+SHORTHAND: dict[str, str] = {
+    "free": "name",
+    "verify": "names",
+    "spawn": "process",
+    "kill": "process",
+    "exit": "process",
+    "capacity": "mode",
+    "shell": "run",
+    "ktap": "run",
 }
-ALL_STEPS = sorted([*STEP_SCHEMAS, *SCALAR_STEPS])
+ALL_STEPS = sorted(STEP_SCHEMAS)
+
+
+def _located(value: Any, source: str, line: int) -> LocatedDict:
+    out = LocatedDict(value or {})
+    out.source, out.line = source, line
+    out.key_lines = getattr(value, "key_lines", {})
+    return out
 
 
 def parse_step(item: Any, source: str, line: int) -> Step:
     if not isinstance(item, LocatedDict) or len(item) != 1:
         raise ConfigError(f"{source}:{line}: step: expected a mapping with one key, one of: {', '.join(ALL_STEPS)}")
     [(kind, value)] = item.items()
-    if kind in SCALAR_STEPS:
-        arg, check = SCALAR_STEPS[kind]
-        try:
-            return Step(kind, {arg: check(value)}, line)
-        except ValueError as exc:
-            raise ConfigError(f"{source}:{line}: step '{kind}': expected {exc}, got {value!r}") from None
     if kind not in STEP_SCHEMAS:
         raise ConfigError(f"{source}:{line}: unknown step '{kind}'; expected one of: {', '.join(ALL_STEPS)}")
+    if kind in SHORTHAND and not isinstance(value, (dict, type(None))):
+        value = _located({SHORTHAND[kind]: value}, source, line)
     if value is None:
-        value = LocatedDict()
-        value.source, value.line, value.key_lines = source, line, {}
+        value = _located({}, source, line)
     mapping = expect_mapping(value, f"step '{kind}'", source, line)
-    return Step(kind, validate(mapping, STEP_SCHEMAS[kind], f"step '{kind}'"), line)
+    args = validate(mapping, STEP_SCHEMAS[kind], f"step '{kind}'")
+    body: tuple[Step, ...] = ()
+    if kind == "repeat":
+        body = tuple(_parse_steps(args.pop("steps"), source, mapping.line_of("steps"), "repeat: steps"))
+    return Step(kind, args, line, body)
 
 
-def _check_names(steps: list[Step], source: str) -> None:
-    """Every block a step names was allocated earlier (and not yet freed) in the same process."""
-    live: dict[str, set[str]] = {}
-    for step in steps:
-        proc = step.args.get("process", "main")
-        if step.kind == "alloc":
-            live.setdefault(proc, set()).add(step.args["name"])
-        elif step.kind in ("free", "verify", "write", "check"):
-            names = step.args.get("names") or [step.args["name"]]
-            for name in names:
-                if name not in live.get(proc, set()):
-                    raise ConfigError(
-                        f"{source}:{step.line}: step '{step.kind}': block '{name}' is not allocated "
-                        f"in process '{proc}' at this point"
-                    )
-            if step.kind == "free":
-                live[proc] -= set(names)
-        elif step.kind == "exit":
-            if step.args["process"] not in live:
-                raise ConfigError(f"{source}:{step.line}: step 'exit': process '{step.args['process']}' was never used")
-            live.pop(step.args["process"])
+def _parse_steps(raw: Any, source: str, line: int, what: str) -> list[Step]:
+    if not isinstance(raw, LocatedList) or not raw:
+        raise ConfigError(f"{source}:{line}: {what}: expected a non-empty list of steps")
+    return [parse_step(item, source, item_line) for item_line, item in zip(raw.item_lines, raw, strict=True)]
+
+
+# --- static checks: names and processes ----------------------------------
+
+
+@dataclass
+class _Model:
+    live: dict[str, set[str]] = field(default_factory=dict)  # process -> block names
+
+    def need_block(self, step: Step, source: str, name: str, process: str) -> None:
+        if name not in self.live.get(process, set()):
+            raise ConfigError(
+                f"{source}:{step.line}: step '{step.kind}': block '{name}' is not allocated "
+                f"in process '{process}' at this point"
+            )
+
+    def need_process(self, step: Step, source: str, process: str) -> None:
+        if process not in self.live:
+            raise ConfigError(f"{source}:{step.line}: step '{step.kind}': process '{process}' is not running")
+
+
+def _check_step(step: Step, model: _Model, source: str) -> None:
+    a, kind = step.args, step.kind
+    process = a.get("process", MAIN)
+    succeeds = a.get("expect", "0") == "0"
+    handlers: dict[str, Callable[[], None]] = {
+        "alloc": lambda: model.live.setdefault(process, set()).add(a["name"]) if succeeds else None,
+        "spawn": lambda: model.live.setdefault(process, set()),
+        "free": lambda: _free(step, model, source, process, succeeds),
+        "verify": lambda: [model.need_block(step, source, n, process) for n in a["names"]],
+        "write": lambda: model.need_block(step, source, a["name"], process),
+        "check": lambda: model.need_block(step, source, a["name"], process),
+        "info": lambda: model.need_block(step, source, a["name"], process) if succeeds else None,
+        "kill": lambda: (model.need_process(step, source, process), model.live.pop(process)),
+        "exit": lambda: (model.need_process(step, source, process), model.live.pop(process)),
+        "mmap": lambda: _mmap_block(step, model, source, process),
+    }
+    if kind in ("cma", "exhaust", "ioctl", "fragment"):
+        model.live.setdefault(process, set())
+        if kind == "fragment":  # the odd-numbered blocks stay; frag.large only if it must succeed
+            model.live[process].update(f"frag.{i}" for i in range(1, a["count"], 2))
+            if succeeds:
+                model.live[process].add("frag.large")
+    elif kind == "repeat":
+        for inner in step.body:
+            _check_step(inner, model, source)
+    elif kind in handlers:
+        handlers[kind]()
+
+
+def _free(step: Step, model: _Model, source: str, process: str, succeeds: bool) -> None:
+    if succeeds:
+        model.need_block(step, source, step.args["name"], process)
+        model.live[process].discard(step.args["name"])
+
+
+def _mmap_block(step: Step, model: _Model, source: str, process: str) -> None:
+    offset = step.args["offset"]
+    if offset.startswith("@"):
+        model.need_block(step, source, offset[1:].partition("+")[0], process)
 
 
 SCENARIO_SCHEMA = Schema(
@@ -175,16 +347,30 @@ SCENARIO_SCHEMA = Schema(
 def load_scenario(path: Path) -> Scenario:
     root = expect_mapping(load_file(path), "scenario", str(path), 1)
     top = validate(root, SCENARIO_SCHEMA, "scenario")
-    raw_steps = root["steps"]
-    if not isinstance(raw_steps, LocatedList) or not raw_steps:
-        raise ConfigError(f"{path}:{root.line_of('steps')}: scenario: key 'steps': expected a non-empty list")
-    steps = [parse_step(item, str(path), line) for line, item in zip(raw_steps.item_lines, raw_steps, strict=True)]
-    _check_names(steps, str(path))
+    steps = _parse_steps(root["steps"], str(path), root.line_of("steps"), "scenario: key 'steps'")
+    model = _Model()
+    for step in steps:
+        _check_step(step, model, str(path))
     return Scenario(name=top["name"] or path.stem, path=path, description=top["description"], steps=steps)
 
 
-def scenario_paths() -> list[Path]:
-    return sorted(paths.scenarios_dir().glob("*.yaml"))
+def scenario_paths(folder: Path | None = None) -> list[Path]:
+    return sorted((folder or paths.scenarios_dir()).glob("*.yaml"))
+
+
+def resolve_scenarios(specs: list[str]) -> list[Scenario]:
+    """Scenario names, YAML paths and folders (every *.yaml inside), in order."""
+    out: list[Scenario] = []
+    for spec in specs:
+        candidate = Path(spec)
+        if candidate.is_dir():
+            found = scenario_paths(candidate)
+            if not found:
+                raise ConfigError(f"{candidate}: no *.yaml scenarios in this folder")
+            out += [load_scenario(p) for p in found]
+        else:
+            out.append(resolve_scenario(spec))
+    return out
 
 
 def resolve_scenario(name_or_path: str) -> Scenario:

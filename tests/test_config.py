@@ -71,7 +71,7 @@ def test_yaml_syntax_error_has_line(tmp_path):
             "  - alloc: {name: waytoolongblockname, size: 4K}\n",
             r"s.yaml:3: step 'alloc': key 'name': expected a block name",
         ),
-        ("  - exit: ghost\n", r"s.yaml:3: step 'exit': process 'ghost' was never used"),
+        ("  - exit: ghost\n", r"s.yaml:3: step 'exit': process 'ghost' is not running"),
     ],
 )
 def test_scenario_errors(tmp_path, steps, message):

@@ -588,44 +588,57 @@ static int do_total(struct rec *r)
 	return 0;
 }
 
+/*
+ * exhaust CHUNK[,CHUNK...]: allocate CHUNK-sized coherent blocks until ENOMEM,
+ * then go on with the next (smaller) chunk size, holding everything until
+ * the end: a greedy measure of the total the driver can still hand out
+ * (big chunks keep it fast, the last chunk sets its granularity).
+ */
 static int do_exhaust(const struct step *st, struct rec *r)
 {
 	struct cma_mem_block *got = NULL;
 	uint64_t chunk, total = 0;
 	size_t count = 0, cap = 0, i;
 	int e, stop = 0, free_err = 0;
+	char list[128], *save = NULL, *tok;
 
-	parse_u64(st->args[0], &chunk, true);
-	rec_add(r, "chunk=%" PRIu64, chunk);
+	snprintf(list, sizeof(list), "%s", st->args[0]);
+	rec_add(r, "chunk=%s", st->args[0]);
 	e = need_fd(r);
 	if (e)
 		return e;
-	while (count < EXHAUST_MAX) {
-		struct cma_mem_block b;
+	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		parse_u64(tok, &chunk, true);
+		stop = 0;
+		while (count < EXHAUST_MAX) {
+			struct cma_mem_block b;
 
-		memset(&b, 0, sizeof(b));
-		snprintf(b.name, sizeof(b.name), "exh.%zu", count);
-		b.len = chunk;
-		b.is_use_buffer = CMA_MEM_COHERENT;
-		if (ioctl(S.fd, CMEM_ALLOCATE, &b) < 0) {
-			stop = errno;
-			break;
-		}
-		if (count == cap) {
-			struct cma_mem_block *p;
-
-			cap = cap ? 2 * cap : 64;
-			p = realloc(got, cap * sizeof(*p));
-			if (!p) {
-				stop = ENOMEM;
-				rec_msg(r, true, "out of memory in cma_test");
-				ioctl(S.fd, CMEM_UNMAP, &b);	/* not on the list */
+			memset(&b, 0, sizeof(b));
+			snprintf(b.name, sizeof(b.name), "exh.%zu", count);
+			b.len = chunk;
+			b.is_use_buffer = CMA_MEM_COHERENT;
+			if (ioctl(S.fd, CMEM_ALLOCATE, &b) < 0) {
+				stop = errno;
 				break;
 			}
-			got = p;
+			if (count == cap) {
+				struct cma_mem_block *p;
+
+				cap = cap ? 2 * cap : 64;
+				p = realloc(got, cap * sizeof(*p));
+				if (!p) {
+					stop = ENOMEM;
+					rec_msg(r, true, "out of memory in cma_test");
+					ioctl(S.fd, CMEM_UNMAP, &b);	/* not on the list */
+					break;
+				}
+				got = p;
+			}
+			got[count++] = b;
+			total += b.len;
 		}
-		got[count++] = b;
-		total += b.len;
+		if (stop != ENOMEM)
+			break;
 	}
 	for (i = 0; i < count; i++)
 		if (ioctl(S.fd, CMEM_UNMAP, &got[i]) < 0 && !free_err)
@@ -881,8 +894,14 @@ static const char *check_args(const struct step *st)
 		if (!parse_u32(st->args[1], &v32))
 			BAD("%s: bad seed '%s'", op, st->args[1]);
 	} else if (!strcmp(op, "exhaust")) {
-		if (!parse_u64(st->args[0], &v, true) || !v)
-			BAD("exhaust: bad chunk '%s'", st->args[0]);
+		char list[128], *save = NULL, *tok;
+
+		if (strlen(st->args[0]) >= sizeof(list))
+			BAD("exhaust: chunk list too long");
+		snprintf(list, sizeof(list), "%s", st->args[0]);
+		for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+			if (!parse_u64(tok, &v, true) || !v)
+				BAD("exhaust: bad chunk '%s'", tok);
 	} else if (!strcmp(op, "raw")) {
 		if (!parse_cmd(st->args[0], &cmd))
 			BAD("raw: bad command '%s'", st->args[0]);

@@ -1,0 +1,46 @@
+"""KTAP / TAP output (kselftest style): one result per test point."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RESULT = re.compile(r"^\s*(?P<ok>ok|not ok)\s+(?P<num>\d+)(?:\s+-?\s*(?P<desc>[^#]*?))?\s*(?:#\s*(?P<directive>.*))?$")
+
+
+@dataclass(frozen=True)
+class TestPoint:
+    number: int
+    name: str
+    status: str  # pass | fail | skip
+    directive: str = ""
+    depth: int = 0  # KTAP subtest nesting (indentation / 4)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"number": self.number, "name": self.name, "status": self.status, "directive": self.directive}
+
+
+def parse_ktap(text: str) -> list[TestPoint]:
+    """Test points in order. '# SKIP' is skip; '# TODO' with 'not ok' is not a failure (TAP rules)."""
+    points = []
+    for line in text.splitlines():
+        m = RESULT.match(line)
+        if not m:
+            continue
+        directive = (m.group("directive") or "").strip()
+        upper = directive.upper()
+        if upper.startswith("SKIP"):
+            status = "skip"
+        elif m.group("ok") == "ok" or upper.startswith("TODO"):
+            status = "pass"
+        else:
+            status = "fail"
+        depth = (len(line) - len(line.lstrip())) // 4
+        points.append(TestPoint(int(m.group("num")), (m.group("desc") or "").strip(), status, directive, depth))
+    return points
+
+
+def plan(text: str) -> int | None:
+    """The top-level plan '1..N', if any."""
+    m = re.search(r"^1\.\.(\d+)", text, re.M)
+    return int(m.group(1)) if m else None
