@@ -33,7 +33,6 @@ steps:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,41 +297,29 @@ def _check_step(step: Step, model: _Model, source: str) -> None:
     a, kind = step.args, step.kind
     process = a.get("process", MAIN)
     succeeds = a.get("expect", "0") == "0"
-    handlers: dict[str, Callable[[], None]] = {
-        "alloc": lambda: model.live.setdefault(process, set()).add(a["name"]) if succeeds else None,
-        "spawn": lambda: model.live.setdefault(process, set()),
-        "free": lambda: _free(step, model, source, process, succeeds),
-        "verify": lambda: [model.need_block(step, source, n, process) for n in a["names"]],
-        "write": lambda: model.need_block(step, source, a["name"], process),
-        "check": lambda: model.need_block(step, source, a["name"], process),
-        "info": lambda: model.need_block(step, source, a["name"], process) if succeeds else None,
-        "kill": lambda: (model.need_process(step, source, process), model.live.pop(process)),
-        "exit": lambda: (model.need_process(step, source, process), model.live.pop(process)),
-        "mmap": lambda: _mmap_block(step, model, source, process),
-    }
-    if kind in ("cma", "exhaust", "ioctl", "fragment"):
-        model.live.setdefault(process, set())
-        if kind == "fragment":  # the odd-numbered blocks stay; frag.large only if it must succeed
-            model.live[process].update(f"frag.{i}" for i in range(1, a["count"], 2))
-            if succeeds:
-                model.live[process].add("frag.large")
-    elif kind == "repeat":
+    if kind == "repeat":
         for inner in step.body:
             _check_step(inner, model, source)
-    elif kind in handlers:
-        handlers[kind]()
-
-
-def _free(step: Step, model: _Model, source: str, process: str, succeeds: bool) -> None:
-    if succeeds:
-        model.need_block(step, source, step.args["name"], process)
-        model.live[process].discard(step.args["name"])
-
-
-def _mmap_block(step: Step, model: _Model, source: str, process: str) -> None:
-    offset = step.args["offset"]
-    if offset.startswith("@"):
-        model.need_block(step, source, offset[1:].partition("+")[0], process)
+    elif kind in ("kill", "exit"):
+        model.need_process(step, source, process)
+        model.live.pop(process)
+    elif kind in ("verify", "write", "check", "info", "free", "mmap"):
+        names = a.get("names") or [a.get("name") or a["offset"][1:].partition("+")[0]]
+        if kind == "mmap" and not a["offset"].startswith("@"):
+            names = []
+        if succeeds or kind in ("verify", "write", "check"):
+            for name in names:
+                model.need_block(step, source, name, process)
+        if kind == "free" and succeeds:
+            model.live[process].discard(a["name"])
+    else:  # alloc, spawn, cma, exhaust, ioctl, fragment start the process if needed
+        live = model.live.setdefault(process, set())
+        if kind == "alloc" and succeeds:
+            live.add(a["name"])
+        if kind == "fragment":  # the odd-numbered blocks stay; frag.large only if it must succeed
+            live.update(f"frag.{i}" for i in range(1, a["count"], 2))
+            if succeeds:
+                live.add("frag.large")
 
 
 SCENARIO_SCHEMA = Schema(
