@@ -25,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="build, boot, run a scenario, report a verdict")
     p.add_argument("--target", default="arm64-virt", help="target name or YAML path (default arm64-virt)")
-    p.add_argument("--scenario", default="smoke", help="scenario name or YAML path (default smoke)")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        help="scenario name, YAML path or folder of scenarios; repeat for several (default smoke)",
+    )
     p.add_argument("--kmod", help="driver source folder to build and test (default: the project's kmod/)")
     p.add_argument("--out", help="run directory (default ./runs/<timestamp>)")
     p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
@@ -79,19 +83,19 @@ def cmd_list(kind: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import paths
-    from harness.scenario import resolve_scenario
+    from harness.scenario import resolve_scenarios
     from harness.session import RunOptions, default_run_dir, execute, exit_code
     from harness.targets import resolve_target
 
     target = resolve_target(args.target)
-    scenario = resolve_scenario(args.scenario)
+    scenarios = resolve_scenarios(args.scenario or ["smoke"])
     kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
     if not (kmod / "Kbuild").exists() and not (kmod / "Makefile").exists():
         raise ConfigError(f"--kmod {kmod}: not a kernel module source folder (no Makefile or Kbuild)")
     out = Path(args.out).resolve() if args.out else default_run_dir()
     opts = RunOptions(
         target=target,
-        scenario=scenario,
+        scenarios=scenarios,
         kmod=kmod,
         out=out,
         cache=paths.cache_dir(args.cache_dir),

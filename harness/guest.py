@@ -78,7 +78,9 @@ class Guest:
         self.facts.release = m.group(1) if m else ""
         self.facts.reservation = parse_reservation(text)
         self.step = "ready"
-        self.transport = SerialTransport(self.console, self.target.timeouts.command)
+        self.transport = SerialTransport(
+            self.console, self.target.timeouts.command, fatal_count=lambda: self.detector.fatal_count
+        )
         return self
 
     def set_step(self, name: str) -> None:

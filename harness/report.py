@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from harness.parsers.faults import group_events
 from harness.session import RunRecord
 
 COLOURS = {"pass": "green", "fail": "red", "error": "magenta"}
@@ -14,6 +15,8 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"{record.scenario} on {record.target}", show_lines=False)
+    if len(record.scenarios) > 1:
+        table.add_column("scenario")
     table.add_column("#", justify="right")
     table.add_column("step")
     table.add_column("result")
@@ -28,10 +31,13 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
     # Problems unwrapped, one per line: CI logs and grep must see them whole.
     for step in record.steps:
         for problem in step["problems"]:
-            console.print(f"[red]FAIL[/red] step {step['index']} ({step['name']}): {problem}", soft_wrap=True)
-    for event in record.kernel_events:
+            where = f"{step['scenario']} step {step['index']}"
+            console.print(f"[red]FAIL[/red] {where} ({step['name']}): {problem}", soft_wrap=True)
+    for event in group_events(record.kernel_events):
+        times = f" (x{event['count']})" if event["count"] != 1 else ""
         console.print(
-            f"[red]kernel {event['kind']}[/red] during step {event['step']!r}: {event['title']}", soft_wrap=True
+            f"[red]kernel {event['kind']}[/red]{times}: {event['title']}  [dim]first during {event['step']!r}[/dim]",
+            soft_wrap=True,
         )
     for problem in record.problems:
         console.print(f"[red]problem:[/red] {problem}")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from harness import build, guestinit, hosttools, initramfs, paths
 from harness.errors import EXIT_FAIL, EXIT_PASS, GuestError, HarnessError
@@ -19,13 +19,16 @@ from harness.runner import ScenarioRunner
 from harness.scenario import Scenario
 from harness.targets import Target
 
+if TYPE_CHECKING:
+    from harness.guest import Guest
+
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
 
 
 @dataclass
 class RunOptions:
     target: Target
-    scenario: Scenario
+    scenarios: list[Scenario]
     kmod: Path
     out: Path
     cache: Path
@@ -43,6 +46,7 @@ class RunRecord:
     kmod: str = ""
     kernel: dict[str, Any] = field(default_factory=dict)
     cma: dict[str, Any] = field(default_factory=dict)
+    scenarios: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     blocks: list[dict[str, Any]] = field(default_factory=list)
     kernel_events: list[dict[str, Any]] = field(default_factory=list)
@@ -70,11 +74,15 @@ class Stages:
         try:
             yield
         except BaseException:
-            self.record.timings[name] = round(time.monotonic() - started, 4)
-            self.on_stage(name, "failed", self.record.timings[name])
+            self.on_stage(name, "failed", self._add(name, started))
             raise
-        self.record.timings[name] = round(time.monotonic() - started, 4)
-        self.on_stage(name, "done", self.record.timings[name])
+        self.on_stage(name, "done", self._add(name, started))
+
+    def _add(self, name: str, started: float) -> float:
+        # Stages that happen more than once (boot, scenario) add up.
+        seconds = time.monotonic() - started
+        self.record.timings[name] = round(self.record.timings.get(name, 0.0) + seconds, 4)
+        return seconds
 
 
 def default_run_dir(base: Path | None = None) -> Path:
@@ -82,91 +90,137 @@ def default_run_dir(base: Path | None = None) -> Path:
     return (base or Path.cwd() / "runs") / stamp
 
 
-def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: Callable[[str], None]) -> RunRecord:
-    """Run everything; always leaves result.json (verdict error on infrastructure failure)."""
+# Between two scenarios in one guest: no cma_test process left, the module unloaded.
+RESET_COMMAND = (
+    "killall -9 cma_test 2>/dev/null; while pidof cma_test >/dev/null; do sleep 0.01; done; "
+    "rmmod cma_mem 2>/dev/null; true"
+)
+
+
+def _prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[str], None]) -> BootFiles:
+    """Host tools, images, builds and the initramfs: everything before QEMU starts."""
+    with stage("setup"):
+        hosttools.ensure([opts.target], install=opts.install, log=log)
+    with stage("images"):
+        provider = DebianProvider(ImageCache(opts.cache, log=log), update=opts.update)
+        kernel = provider.kernel(opts.target)
+        userspace = provider.busybox(opts.target)
+    record.kernel = {"package": kernel.package, "version": kernel.version, "release": kernel.release}
+    with stage("build kmod"):
+        ko = build.build_kmod(
+            opts.kmod, kernel.kdir, opts.target.kernel.make_arch, opts.target.kernel.cross_compile, opts.cache
+        )
+    with stage("build userland"):
+        cma_test = build.build_cma_test(
+            paths.userland_dir(), paths.uapi_header(), opts.target.userland.cross_compile, opts.cache
+        )
+    with stage("initramfs"):
+        files = initramfs.GuestFiles(busybox=userspace.busybox, cma_test=cma_test, kmod=ko)
+        initrd = initramfs.cached_initramfs(opts.cache, files, guestinit.init_script())
+    return BootFiles(kernel.image, initrd)
+
+
+def _boot(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunRecord) -> Guest:
     from harness.guest import Guest  # lazy: pulls in pexpect
 
+    with stage("boot"):
+        guest = Guest(opts.target, boot, console_log)
+        guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
+        guest.start()
+    record.kernel["booted_release"] = guest.facts.release
+    res = guest.facts.reservation
+    record.cma = {"size_mib": res.size_mib, "base": hex(res.base)} if res else {}
+    if res is None:
+        record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
+    return guest
+
+
+def _run_scenario(opts: RunOptions, guest: Guest, scenario: Scenario, record: RunRecord) -> ScenarioRunner:
+    assert guest.transport is not None
+    runner = ScenarioRunner(
+        guest.transport,
+        guest.kernel_log,
+        guest.events,
+        guest.facts.reservation,
+        set_step=lambda step: guest.set_step(f"{scenario.name} {step}"),
+        barrier=guest.barrier,
+        command_timeout=opts.target.timeouts.command,
+    )
+    events_before = len(guest.events())
+    started = time.monotonic()
+    try:
+        runner.run(scenario)
+    finally:
+        steps = [r.as_dict() | {"scenario": scenario.name} for r in runner.results]
+        record.steps += steps
+        record.blocks += [b.as_dict() | {"scenario": scenario.name} for b in runner.state.blocks.values()]
+        new_events = guest.events()[events_before:]
+        failed = any(s["status"] != "pass" for s in steps) or new_events or runner.aborted
+        record.scenarios.append(
+            {
+                "name": scenario.name,
+                "path": str(scenario.path),
+                "verdict": "fail" if failed else "pass",
+                "steps": len(steps),
+                "duration": round(time.monotonic() - started, 4),
+            }
+        )
+    return runner
+
+
+def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: Callable[[str], None]) -> RunRecord:
+    """Run everything; always leaves result.json (verdict error on infrastructure failure)."""
     opts.out.mkdir(parents=True, exist_ok=True)
     record = RunRecord(
         target=opts.target.name,
-        scenario=opts.scenario.name,
+        scenario=",".join(s.name for s in opts.scenarios),
         kmod=str(opts.kmod),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     stage = Stages(record, on_stage)
     total_started = time.monotonic()
     guest: Guest | None = None
+    all_events: list[dict[str, Any]] = []
     try:
-        with stage("setup"):
-            hosttools.ensure([opts.target], install=opts.install, log=log)
-        cache = ImageCache(opts.cache, log=log)
-        with stage("images"):
-            provider = DebianProvider(cache, update=opts.update)
-            kernel = provider.kernel(opts.target)
-            userspace = provider.busybox(opts.target)
-        record.kernel = {"package": kernel.package, "version": kernel.version, "release": kernel.release}
-        with stage("build kmod"):
-            ko = build.build_kmod(
-                opts.kmod, kernel.kdir, opts.target.kernel.make_arch, opts.target.kernel.cross_compile, opts.cache
-            )
-        with stage("build userland"):
-            cma_test = build.build_cma_test(
-                paths.userland_dir(), paths.uapi_header(), opts.target.userland.cross_compile, opts.cache
-            )
-        with stage("initramfs"):
-            files = initramfs.GuestFiles(busybox=userspace.busybox, cma_test=cma_test, kmod=ko)
-            initrd = initramfs.cached_initramfs(opts.cache, files, guestinit.init_script())
-        console_log = (opts.out / "console.log").open("wb", buffering=0)
-        try:
-            with stage("boot"):
-                guest = Guest(opts.target, BootFiles(kernel.image, initrd), console_log)
-                guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
-                guest.start()
-            record.kernel["booted_release"] = guest.facts.release
-            res = guest.facts.reservation
-            record.cma = {"size_mib": res.size_mib, "base": hex(res.base)} if res else {}
-            if res is None:
-                record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
-            assert guest.transport is not None
-            runner = ScenarioRunner(
-                guest.transport,
-                guest.kernel_log,
-                guest.events,
-                res,
-                set_step=guest.set_step,
-                barrier=guest.barrier,
-                command_timeout=opts.target.timeouts.command,
-            )
-            with stage("scenario"):
-                try:
-                    runner.run(opts.scenario)
-                finally:
-                    record.steps = [r.as_dict() for r in runner.results]
-                    record.blocks = [b.as_dict() for b in runner.state.blocks.values()]
-            with stage("report"):
-                if runner.aborted is not None:
-                    record.console_tail = runner.aborted.detail or guest.tail()
-                else:
-                    guest.set_step("report")
-                    dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
-                    (opts.out / "dmesg.txt").write_text(dmesg.stdout)
-                    guest.poweroff()
-        finally:
-            if guest is not None:
-                guest.stop()
-                record.kernel_events = [e.as_dict() for e in guest.events()]
-                if not (opts.out / "dmesg.txt").exists():
-                    (opts.out / "dmesg.txt").write_text("\n".join(line for _, line in guest.kernel_log.lines) + "\n")
-            console_log.close()
-        failed = any(s["status"] != "pass" for s in record.steps) or record.kernel_events or record.problems
+        boot = _prepare(opts, stage, record, log)
+        with (opts.out / "console.log").open("wb", buffering=0) as console_log:
+            try:
+                for index, scenario in enumerate(opts.scenarios):
+                    if guest is None:
+                        guest = _boot(opts, stage, boot, console_log, record)
+                    elif index:
+                        assert guest.transport is not None
+                        guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
+                    with stage("scenario"):
+                        runner = _run_scenario(opts, guest, scenario, record)
+                    if runner.aborted is not None:
+                        # The guest hung or died: keep its story, boot a fresh one for what is left.
+                        record.console_tail = runner.aborted.detail or guest.tail()
+                        guest.stop()
+                        all_events += [e.as_dict() for e in guest.events()]
+                        guest = None
+                with stage("report"):
+                    if guest is not None:
+                        assert guest.transport is not None
+                        guest.set_step("report")
+                        dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
+                        (opts.out / "dmesg.txt").write_text(dmesg.stdout)
+                        guest.poweroff()
+            finally:
+                if guest is not None:
+                    guest.stop()
+                    all_events += [e.as_dict() for e in guest.events()]
+                    if not (opts.out / "dmesg.txt").exists():
+                        lines = [line for _, line in guest.kernel_log.lines]
+                        (opts.out / "dmesg.txt").write_text("\n".join(lines) + "\n")
+                record.kernel_events = all_events
+        failed = any(s["verdict"] != "pass" for s in record.scenarios) or record.kernel_events or record.problems
         record.verdict = "fail" if failed else "pass"
     except HarnessError as exc:
         record.verdict = "error"
         record.error = exc.render()
         if isinstance(exc, GuestError):
             record.console_tail = exc.detail
-            if guest is not None:
-                record.kernel_events = [e.as_dict() for e in guest.events()]
     finally:
         record.timings["total"] = round(time.monotonic() - total_started, 4)
         record.write(opts.out / "result.json")

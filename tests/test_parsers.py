@@ -80,3 +80,48 @@ def test_taint_lines_are_not_faults():
 [    3.000001] cma_mem: module verification failed: signature and/or required key missing - tainting kernel
 """
     assert find_faults(log.splitlines()) == []
+
+
+def test_real_warn_from_a_broken_driver(fixture_text):
+    events = find_faults(fixture_text("console-arm64-warn-in-driver.log").splitlines())
+    assert len(events) == 3 and {e.kind for e in events} == {"warning"}  # the third is cut short
+    assert events[0].title == "WARNING in cma_mem_ioctl"
+    assert events[0].report[-1].startswith("---[ end trace")
+    assert events[0].signature == events[1].signature  # same fault twice: one signature
+
+
+def test_real_oops_from_a_broken_driver(fixture_text):
+    [event] = find_faults(fixture_text("console-arm64-oops-in-driver.log").splitlines())
+    assert event.kind == "oops"
+    assert event.title == "Unable to handle kernel NULL pointer dereference in cma_mem_ioctl"
+    assert any(line.startswith("Internal error: Oops") for line in event.report)
+    assert event.report[-1].startswith("---[ end trace")
+
+
+def test_group_events_counts_by_signature():
+    from harness.parsers.faults import group_events
+
+    events = [
+        {"signature": "a", "title": "WARNING in f", "step": "1"},
+        {"signature": "a", "title": "WARNING in f", "step": "2"},
+        {"signature": "b", "title": "BUG: x", "step": "2"},
+    ]
+    grouped = group_events(events)
+    assert [(g["signature"], g["count"], g["step"]) for g in grouped] == [("a", 2, "1"), ("b", 1, "2")]
+
+
+def test_ktap():
+    from harness.parsers.ktap import parse_ktap, plan
+
+    text = (
+        "KTAP version 1\n1..4\nok 1 - alloc\nnot ok 2 - free # TODO later\n"
+        "ok 3 mmap # SKIP no debugfs\nnot ok 4 - leak\n"
+    )
+    points = parse_ktap(text)
+    assert [(p.number, p.name, p.status) for p in points] == [
+        (1, "alloc", "pass"),
+        (2, "free", "pass"),
+        (3, "mmap", "skip"),
+        (4, "leak", "fail"),
+    ]
+    assert plan(text) == 4

@@ -36,6 +36,8 @@ AT_FUNC = re.compile(r" at (?:\S+:\d+ )?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]
 IN_FUNC = re.compile(r" in (?P<func>[\w.]+)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?")
 CALL_TRACE_FUNC = re.compile(r"^\s*(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
 MAX_REPORT_LINES = 120
+# Faults after which the guest may never answer again (a dead task can hold locks forever).
+FATAL_KINDS = {"oops", "panic", "bug"}
 
 
 @dataclass
@@ -172,9 +174,13 @@ class FaultDetector:
         if hit is None:
             return
         kind, _ = hit
-        if self._merges_into_previous(kind):
-            return
         self._open = KernelEvent(kind=kind, title="", first_line=text, report=[text], step=step)
+
+    @property
+    def fatal_count(self) -> int:
+        """Fatal events so far, the one still being read included."""
+        events = [*self.events, *([self._open] if self._open else [])]
+        return sum(1 for e in events if e.kind in FATAL_KINDS)
 
     def _continues(self, raw: str, text: str) -> bool:
         # A report is the kernel lines that follow its marker; a new marker of a different
@@ -187,12 +193,6 @@ class FaultDetector:
         assert self._open is not None
         return hit[0] == "oops" and self._open.kind == "oops" and text.startswith("Internal error")
 
-    def _merges_into_previous(self, kind: str) -> bool:
-        # "Kernel panic - not syncing: Fatal exception" after an oops is the same fault's end.
-        if kind == "panic" and self.events and self.events[-1].kind == "oops":
-            return False
-        return False
-
     def _close(self) -> None:
         event = self._open
         self._open = None
@@ -204,6 +204,18 @@ class FaultDetector:
     def finish(self) -> list[KernelEvent]:
         self._close()
         return self.events
+
+
+def group_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    """One entry per signature, in order of first appearance, with a count (as syzkaller dedups crashes)."""
+    groups: dict[object, dict[str, object]] = {}
+    for event in events:
+        key = event["signature"]
+        if key in groups:
+            groups[key]["count"] = int(str(groups[key]["count"])) + 1
+        else:
+            groups[key] = {**event, "count": 1}
+    return list(groups.values())
 
 
 def find_faults(lines: Iterable[str]) -> list[KernelEvent]:

@@ -13,6 +13,7 @@ import hashlib
 import re
 import shlex
 import time
+from collections.abc import Callable
 
 from harness.console import Console
 from harness.errors import GuestError
@@ -22,6 +23,9 @@ END = re.compile(r"^@@(\d+) X (\d+) ([0-9a-f]{32}) ([0-9a-f]{32})$")
 # The canonical-mode tty takes at most 4095 bytes per line.
 MAX_LINE = 3800
 RE_EMIT_ATTEMPTS = 3
+# After an oops/BUG/panic the guest gets this long to finish the command; a dead task
+# holding a lock would otherwise make us wait for the full command timeout.
+FATAL_GRACE = 5.0
 
 
 _ESCAPE = re.compile(r"\\\\|\\x5b")
@@ -49,9 +53,12 @@ def rebuild(lines: list[str], prefix: str, md5: str) -> str | None:
 class SerialTransport:
     name = "serial"
 
-    def __init__(self, console: Console, default_timeout: float = 60.0) -> None:
+    def __init__(
+        self, console: Console, default_timeout: float = 60.0, fatal_count: Callable[[], int] = lambda: 0
+    ) -> None:
         self.console = console
         self.default_timeout = default_timeout
+        self.fatal_count = fatal_count  # kernel faults seen so far (the guest's fault detector)
         self._next_id = 1
 
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
@@ -84,11 +91,19 @@ class SerialTransport:
         begin = f"@@{cid} B"
         framed: list[str] = []
         started = False
+        fatal_before = self.fatal_count()
+        after_fault = False
         while True:
+            if not after_fault and self.fatal_count() > fatal_before:
+                after_fault = True
+                deadline = min(deadline, time.monotonic() + FATAL_GRACE)
             try:
                 line = self.console.next_line(deadline, f"'{command}'")
             except GuestError as exc:
-                exc.message = f"guest command timed out after {timeout:.0f} s: {command}"
+                if after_fault:
+                    exc.message = f"guest stopped answering {FATAL_GRACE:.0f} s after a kernel fault: {command}"
+                else:
+                    exc.message = f"guest command timed out after {timeout:.0f} s: {command}"
                 exc.args = (exc.message,)
                 raise
             text = line.text

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KMOD = Path(__file__).resolve().parents[2] / "kmod"
+# A line of the free path (cma_mem_ioc_unmap) that fault variants put code before.
+FREE_PATH = "\tlist_del_init(&buf->file_node);\t/* we now hold the list's reference */\n"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,28 @@ VARIANTS = [
         "never returns write-combine blocks to CMA (seed defects 8/9: wrong or missing free)",
         (("\t\tdma_free_wc(dev, buf->alloc_size, buf->vaddr, buf->dma);", "\t\t;"),),
         r"CMA capacity leak: \d+ bytes fewer allocatable",
+    ),
+    BrokenVariant(
+        "warn-on-free",
+        "hits a WARN_ON in the free path: the live fault detector must fail the step",
+        (
+            (
+                FREE_PATH,
+                "\tWARN_ON(1);\n" + FREE_PATH,
+            ),
+        ),
+        r"kernel warning: WARNING in cma_mem_ioc(tl|_unmap)",  # the helper may be inlined,
+    ),
+    BrokenVariant(
+        "oops-on-free",
+        "dereferences a bad pointer in the free path (an Oops that kills the caller)",
+        (
+            (
+                FREE_PATH,
+                "\t*(volatile unsigned long *)16 = 0;\n" + FREE_PATH,
+            ),
+        ),
+        r"kernel oops: Unable to handle kernel NULL pointer dereference in cma_mem_ioc(tl|_unmap)",
     ),
     BrokenVariant(
         "no-test-pattern",

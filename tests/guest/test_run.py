@@ -42,6 +42,16 @@ def test_smoke_passes_with_the_project_driver(tmp_path):
     assert result["cma"]["size_mib"] == 128 and result["cma"]["base"].startswith("0x")
     names = [s["name"].split()[0] for s in result["steps"]]
     assert names.count("alloc") == 4 and all(s["status"] == "pass" for s in result["steps"])
+    assert {b["ioctl"]["phys"] for b in result["blocks"]} == set() or result["blocks"] == []  # all freed
+    assert result["scenarios"] == [
+        {
+            "name": "smoke",
+            "path": result["scenarios"][0]["path"],
+            "verdict": "pass",
+            "steps": 17,
+            "duration": result["scenarios"][0]["duration"],
+        }
+    ]
     assert result["kernel_events"] == []
     assert set(result["timings"]) >= {
         "setup",
@@ -72,6 +82,19 @@ def test_broken_driver_fails_with_a_message_naming_the_problem(tmp_path, variant
     assert re.search(variant.expected_message, problems), problems
     assert re.search(variant.expected_message, output), output  # the user sees it too
     assert no_qemu_left(out)
+
+
+def test_the_whole_shipped_suite_passes_in_one_boot(tmp_path):
+    code, output, result = run_cli("--scenario", "configs/scenarios", out=tmp_path)
+    assert code == 0, output
+    shipped = sorted(p.stem for p in Path("configs/scenarios").glob("*.yaml"))
+    assert [s["name"] for s in result["scenarios"]] == shipped
+    assert all(s["verdict"] == "pass" for s in result["scenarios"])
+    assert len(shipped) >= 8
+    assert result["kernel_events"] == []
+    stress = next(s for s in result["steps"] if s["scenario"] == "stress" and s["name"].startswith("repeat"))
+    assert "(500/500 iterations)" in stress["name"]
+    assert no_qemu_left(tmp_path)
 
 
 def test_bad_scenario_is_a_usage_error_before_anything_boots(tmp_path):
