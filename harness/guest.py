@@ -83,6 +83,14 @@ class Guest:
         )
         return self
 
+    def kernel_time(self) -> float:
+        """The printk timestamp of the newest kernel line seen (0 if none)."""
+        for _, line in reversed(self.kernel_log.lines):
+            m = re.match(r"^\[\s*(\d+\.\d+)\]", line)
+            if m:
+                return float(m.group(1))
+        return 0.0
+
     def set_step(self, name: str) -> None:
         self.step = name
 

@@ -27,7 +27,7 @@ console as it happens, which is what the live fault detector reads.
 from __future__ import annotations
 
 # Bumped when the script's protocol changes, so cached initramfs archives are rebuilt.
-FORMAT_VERSION = "3"
+FORMAT_VERSION = "4"
 
 READY_MARKER = "@@ready"
 BOOT_PREFIX = "@@boot "
@@ -46,6 +46,8 @@ mount -t tmpfs tmpfs /run
 # command can never look like a kernel message.
 stty -echo 2>/dev/null
 echo 8 > /proc/sys/kernel/printk
+# A task stuck in D state (a driver deadlock) is reported after 10 s instead of 120 s.
+echo 10 > /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 
 # __p PREFIX FILE: FILE with PREFIX before every line, '\' and '[' escaped (framed output
 # then never contains a printk timestamp). The trailing echo ends a last line that had no

@@ -148,8 +148,11 @@ def _run_scenario(opts: RunOptions, guest: Guest, scenario: Scenario, record: Ru
     )
     events_before = len(guest.events())
     started = time.monotonic()
+    since = guest.kernel_time()
     try:
         runner.run(scenario)
+        if runner.aborted is None and runner.results:
+            runner.final_checks(runner.results[-1], since)
     finally:
         steps = [r.as_dict() | {"scenario": scenario.name} for r in runner.results]
         record.steps += steps

@@ -117,7 +117,9 @@ static struct miscdevice cma_mem_misc;
 static struct device *cma_mem_dev;	/* misc this_device, referenced */
 static DEFINE_MUTEX(cma_mem_lock);
 static LIST_HEAD(cma_mem_all);		/* every block whose memory is allocated */
-static u64 cma_mem_used;		/* sum of len over cma_mem_all */
+static u64 cma_mem_used;		/* sum of len over cma_mem_all (a one-page
+					 * block really holds two pages, see
+					 * alloc_size) */
 static u32 cma_mem_nblocks;		/* entries on cma_mem_all */
 static u32 cma_mem_last_id;
 static u64 cma_mem_total;		/* bytes of CMA found at load time */
@@ -180,8 +182,13 @@ static bool cma_mem_range_is_cma(phys_addr_t phys, size_t size)
 	return true;
 }
 
-/* Count the CMA pageblocks of all online nodes. */
-static void cma_mem_find_cma(void)
+/*
+ * Count the CMA pageblocks of all online nodes: the same number as
+ * CmaTotal in /proc/meminfo. That is the default area the DMA API
+ * allocates from, plus any device-specific area a device tree reserved
+ * (none on QEMU's virt machine).
+ */
+static void __init cma_mem_find_cma(void)
 {
 	int nid;
 
@@ -423,6 +430,11 @@ static long cma_mem_ioc_allocate(struct file *file,
 {
 	struct device *dev = cma_mem_dev;
 	struct cma_mem_file *cf = file->private_data;
+	/*
+	 * When CMA is full, dma-direct falls back to the page allocator; that
+	 * buffer is refused below, so let the attempt fail quietly and never
+	 * wake the OOM killer (exhausting CMA is a normal test).
+	 */
 	const gfp_t gfp = GFP_KERNEL | __GFP_NOWARN | __GFP_NORETRY;
 	struct cma_mem_block ub;
 	struct cma_mem_buf *buf;
@@ -697,15 +709,6 @@ static const struct vm_operations_struct cma_mem_vm_ops = {
 	.close = cma_mem_vm_close,
 };
 
-static void cma_mem_vma_set_flags(struct vm_area_struct *vma, vm_flags_t flags)
-{
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
-	vm_flags_set(vma, flags);
-#else
-	vma->vm_flags |= flags;	/* 6.1: no vm_flags_set() yet */
-#endif
-}
-
 /* Runs under mmap_lock (write), from mmap(2) or from CMEM_ALLOCATE. */
 static int cma_mem_mmap(struct file *file, struct vm_area_struct *vma)
 {
@@ -740,7 +743,8 @@ static int cma_mem_mmap(struct file *file, struct vm_area_struct *vma)
 		goto err_put;
 	}
 
-	cma_mem_vma_set_flags(vma, VM_DONTEXPAND | VM_DONTDUMP);
+	/* 6.1 has no vm_flags_set() (6.3+): vm_flags is still written directly. */
+	vma->vm_flags |= VM_DONTEXPAND | VM_DONTDUMP;
 	/*
 	 * dma_mmap_*() take vm_pgoff as the page offset inside the buffer;
 	 * put the cookie back afterwards so /proc/PID/maps shows it.

@@ -600,6 +600,7 @@ static int do_exhaust(const struct step *st, struct rec *r)
 	uint64_t chunk, total = 0;
 	size_t count = 0, cap = 0, i;
 	int e, stop = 0, free_err = 0;
+	bool bogus = false;
 	char list[128], *save = NULL, *tok;
 
 	snprintf(list, sizeof(list), "%s", st->args[0]);
@@ -621,6 +622,11 @@ static int do_exhaust(const struct step *st, struct rec *r)
 				stop = errno;
 				break;
 			}
+			if (!b.id || !b.mem_base || b.len < chunk) {
+				/* "Success" without a block: counting on would never end. */
+				bogus = true;
+				break;
+			}
 			if (count == cap) {
 				struct cma_mem_block *p;
 
@@ -637,7 +643,7 @@ static int do_exhaust(const struct step *st, struct rec *r)
 			got[count++] = b;
 			total += b.len;
 		}
-		if (stop != ENOMEM)
+		if (stop != ENOMEM || bogus)
 			break;
 	}
 	for (i = 0; i < count; i++)
@@ -650,6 +656,10 @@ static int do_exhaust(const struct step *st, struct rec *r)
 	if (free_err) {
 		rec_msg(r, true, "freeing an exhaust block failed: %s", errname(free_err));
 		return free_err;
+	}
+	if (bogus) {
+		rec_msg(r, true, "CMEM_ALLOCATE returned 0 without a block (id, address or length missing)");
+		return 0;
 	}
 	if (stop == ENOMEM)
 		return 0;	/* ran out of CMA: the expected end */

@@ -37,7 +37,7 @@ IN_FUNC = re.compile(r" in (?P<func>[\w.]+)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?")
 CALL_TRACE_FUNC = re.compile(r"^\s*(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
 MAX_REPORT_LINES = 120
 # Faults after which the guest may never answer again (a dead task can hold locks forever).
-FATAL_KINDS = {"oops", "panic", "bug"}
+FATAL_KINDS = {"oops", "panic", "bug", "hung_task", "rcu_stall", "soft_lockup"}
 
 
 @dataclass

@@ -75,7 +75,7 @@ def test_smoke_passes_with_the_project_driver(tmp_path):
 def test_broken_driver_fails_with_a_message_naming_the_problem(tmp_path, variant):
     kmod = variant.make(tmp_path)
     out = tmp_path / "run"
-    code, output, result = run_cli("--scenario", "smoke", "--kmod", str(kmod), out=out)
+    code, output, result = run_cli("--scenario", variant.scenario, "--kmod", str(kmod), out=out)
     assert code == 1, output
     assert result["verdict"] == "fail"
     problems = "\n".join(p for step in result["steps"] for p in step["problems"])
