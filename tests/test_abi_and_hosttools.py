@@ -21,3 +21,11 @@ def test_requirements_cover_cross_compilers():
     reqs = {r.command: r.package for r in hosttools.requirements([target])}
     assert reqs["aarch64-linux-gnu-gcc"] == "gcc-aarch64-linux-gnu"
     assert reqs["qemu-system-aarch64"] == "qemu-system-arm"
+
+
+def test_kmod_readme_defect_table_matches_the_variants():
+    from pathlib import Path
+
+    from tests.guest.broken import table
+
+    assert table() in Path("kmod/README.md").read_text()
