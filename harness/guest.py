@@ -54,7 +54,8 @@ class Guest:
             self.facts.boot_lines.append(line.text[len(guestinit.BOOT_PREFIX) :])
 
     def events(self) -> list[KernelEvent]:
-        return self.detector.events
+        # Includes an event whose report is still arriving: a hang or panic may never close it.
+        return self.detector.snapshot()
 
     def start(self) -> Guest:
         self.qemu.start()

@@ -125,3 +125,10 @@ def test_ktap():
         (4, "leak", "fail"),
     ]
     assert plan(text) == 4
+
+
+def test_real_hung_task_names_the_driver_not_the_scheduler(fixture_text):
+    events = find_faults(fixture_text("console-arm64-hung-task.log").splitlines())
+    hung = [e for e in events if e.kind == "hung_task"]
+    assert hung, events
+    assert hung[0].title in ("INFO: task hung in cma_mem_ioctl", "INFO: task hung in cma_mem_ioc_unmap")

@@ -72,6 +72,18 @@ def signature(title: str) -> str:
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
+# Frames that say how the kernel reported or waited, not where the fault is (syzkaller skips these too).
+_PLUMBING = re.compile(
+    r"^(dump_|show_|__warn|warn_|report_|kasan_|panic|__switch_to|__schedule|schedule|io_schedule|"
+    r"__mutex_lock|mutex_lock|__rwsem|rwsem_|down_|__down|wait_for_|__wait_|_raw_spin|preempt_schedule|"
+    r"kmem_cache_alloc|kmalloc|__kmalloc|kmemleak_|slab_|__slab|create_object)"
+)
+
+
+def _is_plumbing(func: str) -> bool:
+    return bool(_PLUMBING.match(func))
+
+
 def _function_from(lines: list[str]) -> str | None:
     for line in lines:
         m = PC_LINE.match(line)
@@ -84,9 +96,7 @@ def _function_from(lines: list[str]) -> str | None:
             continue
         if in_trace:
             m = CALL_TRACE_FUNC.match(line)
-            if m and not m.group("func").startswith(
-                ("dump_", "show_", "__warn", "warn_", "report_", "kasan_", "panic")
-            ):
+            if m and not _is_plumbing(m.group("func")):
                 return m.group("func")
     return None
 
@@ -200,6 +210,14 @@ class FaultDetector:
             return
         event.title = make_title(event.kind, event.first_line, event.report)
         self.events.append(event)
+
+    def snapshot(self) -> list[KernelEvent]:
+        """Closed events plus the one still being read (titled from what has arrived so far)."""
+        if self._open is None:
+            return list(self.events)
+        pending = KernelEvent(self._open.kind, "", self._open.first_line, list(self._open.report), self._open.step)
+        pending.title = make_title(pending.kind, pending.first_line, pending.report)
+        return [*self.events, pending]
 
     def finish(self) -> list[KernelEvent]:
         self._close()

@@ -221,6 +221,14 @@ VARIANTS = [
         r"physical address in dmesg \(0x[0-9a-f]+\) differs from the ioctl's",
     ),
     BrokenVariant(
+        "deadlock-on-free",
+        "takes the driver mutex twice in the free path: the task hangs in D state",
+        (),
+        "smoke",
+        ((FREE_PATH, "\tmutex_lock(&cma_mem_lock);\n" + FREE_PATH),),
+        r"kernel hung_task: INFO: task hung in cma_mem_ioc(tl|_unmap)",
+    ),
+    BrokenVariant(
         "no-test-pattern",
         "leaves the buffer without the test pattern the mapping must show (not a seed defect)",
         (),

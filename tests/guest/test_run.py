@@ -97,6 +97,21 @@ def test_the_whole_shipped_suite_passes_in_one_boot(tmp_path):
     assert no_qemu_left(tmp_path)
 
 
+def test_the_suite_passes_with_32_bit_cma_test_on_the_arm64_kernel(tmp_path):
+    code, output, result = run_cli("--target", "arm64-compat", "--scenario", "configs/scenarios", out=tmp_path)
+    assert code == 0, output
+    assert all(s["verdict"] == "pass" for s in result["scenarios"])
+    users = [
+        int(line.split("user=")[1].split()[0], 16) for line in _records(result) if "op=alloc status=ok errno=0" in line
+    ]
+    assert users and max(users) < 1 << 32  # a 32-bit process really made these calls
+    assert no_qemu_left(tmp_path)
+
+
+def _records(result: dict) -> list[str]:
+    return [line for s in result["steps"] for c in s["commands"] for line in c["stdout"].splitlines()]
+
+
 def test_bad_scenario_is_a_usage_error_before_anything_boots(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nsteps:\n  - alloc: {name: a, size: 4K, type: wx}\n")
