@@ -51,6 +51,8 @@ class Block:
     user: int
     kind: str
     dmesg: DumpMemRecord | None = None
+    step: int = 0  # index of the step that allocated it
+    freed_at: int | None = None  # index of the step that freed it by name (None: process exit, or live)
 
     def as_dict(self) -> dict[str, Any]:
         d = self.dmesg
@@ -58,6 +60,8 @@ class Block:
             "name": self.name,
             "process": self.process,
             "type": self.kind,
+            "step": self.step,
+            "freed_at": self.freed_at,
             "ioctl": {"id": self.id, "phys": hex(self.phys), "len": self.length, "user": hex(self.user)},
             "dmesg": None
             if d is None
@@ -144,6 +148,7 @@ class ScenarioRunner:
         self.results: list[StepResult] = []
         self.aborted: GuestError | None = None  # set when the guest stopped answering
         self._new_blocks: list[Block] = []  # allocations of the running step, for the dmesg check
+        self._step_index = 0
 
     # --- plumbing -------------------------------------------------------
 
@@ -205,10 +210,13 @@ class ScenarioRunner:
             )
             self._check_new_block(result, block)
             self.state.blocks[(process, name)] = block
+            block.step = self._step_index
             self.state.allocated.append(block)
             self._new_blocks.append(block)
         elif record.op == "free":
-            self.state.blocks.pop((process, name), None)
+            freed = self.state.blocks.pop((process, name), None)
+            if freed is not None:
+                freed.freed_at = self._step_index
 
     def _forget_process(self, process: str) -> None:
         self.state.processes.pop(process, None)
@@ -467,6 +475,7 @@ class ScenarioRunner:
     def run(self, scenario: Scenario) -> list[StepResult]:
         for index, step in enumerate(scenario.steps, start=1):
             result = StepResult(index=index, name=step.describe(), line=step.line)
+            self._step_index = index
             self.results.append(result)
             self.set_step(f"{index}: {result.name}")
             log_mark, events_before = self.kernel_log.mark, len(self.events())

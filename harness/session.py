@@ -48,7 +48,8 @@ class RunRecord:
     cma: dict[str, Any] = field(default_factory=dict)
     scenarios: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
-    blocks: list[dict[str, Any]] = field(default_factory=list)
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # live at the end of each scenario
+    allocations: list[dict[str, Any]] = field(default_factory=list)  # every successful allocation
     kernel_events: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: str = ""
@@ -157,6 +158,7 @@ def _run_scenario(opts: RunOptions, guest: Guest, scenario: Scenario, record: Ru
         steps = [r.as_dict() | {"scenario": scenario.name} for r in runner.results]
         record.steps += steps
         record.blocks += [b.as_dict() | {"scenario": scenario.name} for b in runner.state.blocks.values()]
+        record.allocations += [b.as_dict() | {"scenario": scenario.name} for b in runner.state.allocated]
         new_events = guest.events()[events_before:]
         failed = any(s["status"] != "pass" for s in steps) or new_events or runner.aborted
         record.scenarios.append(
