@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import EXIT_USAGE, ConfigError, HarnessError
+
+if TYPE_CHECKING:
+    from harness.targets import Target
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="only check; print the fix and exit 3 if anything is missing")
 
     p = sub.add_parser("run", help="build, boot, run a scenario, report a verdict")
-    p.add_argument("--target", default="arm64-virt", help="target name or YAML path (default arm64-virt)")
+    p.add_argument(
+        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
+    )
     p.add_argument(
         "--scenario",
         action="append",
@@ -81,27 +87,27 @@ def cmd_list(kind: str) -> int:
     return 0
 
 
+def _targets(spec: str) -> list[Target]:
+    """--target: a name, a YAML path, a comma list of those, or 'all'."""
+    from harness.targets import load_target, resolve_target, target_paths
+
+    if spec == "all":
+        return [load_target(p) for p in target_paths()]
+    return [resolve_target(part.strip()) for part in spec.split(",") if part.strip()]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import paths
+    from harness.report import print_matrix, print_summary
     from harness.scenario import resolve_scenarios
     from harness.session import RunOptions, default_run_dir, execute, exit_code
-    from harness.targets import resolve_target
 
-    target = resolve_target(args.target)
+    targets = _targets(args.target)  # every file is validated before anything runs
     scenarios = resolve_scenarios(args.scenario or ["smoke"])
     kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
     if not (kmod / "Kbuild").exists() and not (kmod / "Makefile").exists():
         raise ConfigError(f"--kmod {kmod}: not a kernel module source folder (no Makefile or Kbuild)")
     out = Path(args.out).resolve() if args.out else default_run_dir()
-    opts = RunOptions(
-        target=target,
-        scenarios=scenarios,
-        kmod=kmod,
-        out=out,
-        cache=paths.cache_dir(args.cache_dir),
-        update=args.update,
-        install=not args.no_install,
-    )
     console = _console()
     quiet = not console.is_terminal
 
@@ -113,11 +119,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             mark = "[green]✓[/green]" if event == "done" else "[red]✗[/red]"
             console.print(f"{mark} {name:<15} {seconds:7.2f} s")
 
-    record = execute(opts, on_stage, lambda msg: console.print(f"  [dim]{msg}[/dim]"))
-    from harness.report import print_summary
-
-    print_summary(record, out, console)
-    return exit_code(record)
+    records = []
+    for target in targets:
+        target_out = out if len(targets) == 1 else out / target.name
+        opts = RunOptions(
+            target=target,
+            scenarios=scenarios,
+            kmod=kmod,
+            out=target_out,
+            cache=paths.cache_dir(args.cache_dir),
+            update=args.update,
+            install=not args.no_install,
+        )
+        if len(targets) > 1:
+            console.print(f"[bold]target {target.name}[/bold]")
+        record = execute(opts, on_stage, lambda msg: console.print(f"  [dim]{msg}[/dim]"))
+        print_summary(record, target_out, console)
+        records.append(record)
+    if len(records) > 1:
+        print_matrix(records, out, console)
+    # The worst outcome wins: infrastructure error (3) over failure (1) over pass (0).
+    return max(exit_code(r) for r in records)
 
 
 def main(argv: list[str] | None = None) -> int:

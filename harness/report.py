@@ -53,3 +53,23 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
         f"verdict: [bold {colour}]{record.verdict.upper()}[/bold {colour}]  "
         f"kernel {kernel}, {cma_text}, {record.timings.get('total', 0):.2f} s  → {out}"
     )
+
+
+def print_matrix(records: list[RunRecord], out: Path, console: Any) -> None:
+    """One table for a run over several targets: scenario rows, target columns."""
+    from rich.table import Table
+
+    table = Table(title="targets × scenarios")
+    table.add_column("scenario")
+    for record in records:
+        table.add_column(record.target)
+    names = list(dict.fromkeys(s["name"] for r in records for s in r.scenarios))
+    for name in names:
+        cells = []
+        for record in records:
+            verdict = next((s["verdict"] for s in record.scenarios if s["name"] == name), record.verdict)
+            cells.append(f"[{COLOURS.get(verdict, 'white')}]{verdict}[/]")
+        table.add_row(name, *cells)
+    table.add_row("[bold]verdict[/bold]", *(f"[bold {COLOURS.get(r.verdict, 'white')}]{r.verdict}[/]" for r in records))
+    console.print(table)
+    console.print(f"run directories: {out}/<target>")

@@ -91,3 +91,12 @@ def test_duplicate_key(tmp_path):
 )
 def test_parse_size(text, value):
     assert parse_size(text) == value
+
+
+def test_target_spec_forms():
+    from harness.cli import _targets
+
+    assert [t.name for t in _targets("arm64-virt,arm64-compat")] == ["arm64-virt", "arm64-compat"]
+    assert {t.name for t in _targets("all")} == {p.stem for p in target_paths()}
+    with pytest.raises(ConfigError, match="unknown target 'nope'; known targets: "):
+        _targets("arm64-virt,nope")
