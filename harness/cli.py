@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         help="scenario name, YAML path or folder of scenarios; repeat for several (default smoke)",
     )
     p.add_argument("--kmod", help="driver source folder to build and test (default: the project's kmod/)")
+    p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="how commands reach the guest")
     p.add_argument("--out", help="run directory (default ./runs/<timestamp>)")
     p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
@@ -130,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cache=paths.cache_dir(args.cache_dir),
             update=args.update,
             install=not args.no_install,
+            transport=args.transport,
         )
         if len(targets) > 1:
             console.print(f"[bold]target {target.name}[/bold]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from harness.console import Console, ConsoleClosed, ConsoleLine
 from harness.errors import GuestError
 from harness.parsers.dmesg import CmaReservation, parse_reservation
 from harness.parsers.faults import FaultDetector, KernelEvent
-from harness.qemu import BootFiles, QemuProcess, qemu_command
+from harness.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
 from harness.runner import KernelLog
 from harness.targets import Target
+from harness.transport.base import Transport
 from harness.transport.serial import SerialTransport
+from harness.transport.ssh import BARRIER, ClientKey, SshTransport, connect, pinned_host_key, write_known_hosts
 
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
 
@@ -29,25 +32,50 @@ class BootFacts:
     reservation: CmaReservation | None = None
     boot_lines: list[str] = field(default_factory=list)
     ready_after: float = 0.0  # seconds from QEMU start to the shell
+    ssh_after: float = 0.0  # seconds from QEMU start to an authenticated SSH session
+
+
+@dataclass
+class SshSetup:
+    """What an SSH-transport guest needs from the host: a loopback port and a fresh client key."""
+
+    port: int
+    key: ClientKey
+    known_hosts: Path  # written once the guest's host key is known (for the stock OpenSSH client)
 
 
 class Guest:
     """Boot with `start()`, use `.transport`, always `stop()` (or use as a context manager)."""
 
-    def __init__(self, target: Target, boot: BootFiles, console_log: IO[bytes] | None = None) -> None:
+    def __init__(
+        self, target: Target, boot: BootFiles, console_log: IO[bytes] | None = None, ssh: SshSetup | None = None
+    ) -> None:
         self.target = target
-        self.qemu = QemuProcess(qemu_command(target, boot))
+        self.ssh = ssh
+        extra_args = ssh_netdev_args(ssh.port) if ssh else []
+        append = [ssh.key.cmdline_arg] if ssh else []
+        self.qemu = QemuProcess(qemu_command(target, boot, append, extra_args))
         self.console_log = console_log
         self.console: Console | None = None
-        self.transport: SerialTransport | None = None
+        self.transport: Transport | None = None
+        self.serial: SerialTransport | None = None
         self.facts = BootFacts()
         self.kernel_log = KernelLog()
         self.detector = FaultDetector()
         self.step = "boot"
         self.on_spawn: Callable[[int], None] | None = None  # told QEMU's pid as soon as it exists
+        self._barriers: set[str] = set()
+        self._barrier_seen = threading.Condition()
+        self._pump: threading.Thread | None = None
+        self._pump_stop = threading.Event()
 
     def _on_line(self, line: ConsoleLine) -> None:
         if KERNEL_LINE.match(line.text):
+            if BARRIER in line.text:
+                with self._barrier_seen:
+                    self._barriers.add(line.text[line.text.index(BARRIER) :].strip())
+                    self._barrier_seen.notify_all()
+                return  # step bookkeeping, not the kernel's words
             self.kernel_log.lines.append((self.step, line.text))
         self.detector.feed(line.text, self.step)
         if line.text.startswith(guestinit.BOOT_PREFIX):
@@ -79,10 +107,65 @@ class Guest:
         self.facts.release = m.group(1) if m else ""
         self.facts.reservation = parse_reservation(text)
         self.step = "ready"
-        self.transport = SerialTransport(
+        self.serial = SerialTransport(
             self.console, self.target.timeouts.command, fatal_count=lambda: self.detector.fatal_count
         )
+        self.transport = self.serial
+        if self.ssh is not None:
+            try:
+                self._start_ssh(self.ssh, self.qemu.started_at)
+            except BaseException:
+                self.stop()
+                raise
         return self
+
+    def _start_ssh(self, ssh: SshSetup, started: float) -> None:
+        text = "\n".join(self.facts.boot_lines)
+        errors = re.findall(r"^ssh-error (.*)$", text, re.M)
+        if errors:
+            raise GuestError("the guest could not start its SSH server: " + "; ".join(errors), detail=self.tail())
+        m = re.search(r"^sshd-hostkey (.+)$", text, re.M)
+        if not m:
+            raise GuestError("the guest printed no SSH host key", detail=self.tail())
+        host_key = pinned_host_key(m.group(1))
+        write_known_hosts(ssh.known_hosts, ssh.port, host_key)
+        self._start_pump()  # from here on a thread reads the console
+        client = connect(ssh.port, host_key, ssh.key, started + self.target.timeouts.boot)
+        self.facts.ssh_after = time.monotonic() - self.qemu.started_at
+        self.transport = SshTransport(client, self.wait_barrier, self.tail, self.target.timeouts.command)
+
+    def _start_pump(self) -> None:
+        def pump() -> None:
+            assert self.console is not None
+            while not self._pump_stop.is_set():
+                try:
+                    self.console.read_lines(0.05)
+                    self.console.discard_pending()  # nobody waits on console lines in SSH mode
+                except GuestError:
+                    with self._barrier_seen:
+                        self._barrier_seen.notify_all()
+                    return
+
+        self._pump = threading.Thread(target=pump, name="console-pump", daemon=True)
+        self._pump.start()
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump_stop.set()
+            self._pump.join(timeout=2)
+            self._pump = None
+
+    def wait_barrier(self, marker: str, timeout: float) -> bool:
+        """Wait until the console has shown a barrier line the guest wrote to /dev/kmsg."""
+        deadline = time.monotonic() + timeout
+        with self._barrier_seen:
+            while marker not in self._barriers:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.console is not None and self.console.closed):
+                    return False
+                self._barrier_seen.wait(remaining)
+            self._barriers.discard(marker)
+        return True
 
     def kernel_time(self) -> float:
         """The printk timestamp of the newest kernel line seen (0 if none)."""
@@ -96,13 +179,15 @@ class Guest:
         self.step = name
 
     def barrier(self, _marker: str) -> None:
-        # -smp 1: printk reaches the console before the command that caused it returns,
-        # so what has arrived is complete; just consume what is pending.
-        if self.console is not None:
+        # Serial, -smp 1: printk reaches the console before the command that caused it returns,
+        # so what has arrived is complete; just consume what is pending. SSH commands wait for
+        # their own /dev/kmsg barrier in the transport.
+        if self.console is not None and self._pump is None:
             self.console.drain(0)
 
     def poweroff(self) -> bool:
         """Ask the guest to power off; True if QEMU exited by itself within the shutdown timeout."""
+        self._close_ssh()
         if self.console is None or not self.qemu.alive():
             return not self.qemu.alive()
         with contextlib.suppress(OSError, ConsoleClosed):
@@ -113,7 +198,13 @@ class Guest:
                 self.console.read_lines(0.05)
         return not self.qemu.alive()
 
+    def _close_ssh(self) -> None:
+        if isinstance(self.transport, SshTransport):
+            self.transport.close()
+        self._stop_pump()  # the main thread owns the console again
+
     def stop(self) -> None:
+        self._close_ssh()
         if self.console is not None:
             self.console.drain(0)
         self.qemu.stop()

@@ -93,3 +93,26 @@ echo "@@ready"
 
 def init_script(extra: str = "") -> str:
     return INIT_TEMPLATE.replace("@EXTRA@", extra)
+
+
+# SSH (transport ssh): virtio-net on QEMU's user network, dropbear with a host key made at
+# boot, printed on the console so the host can pin it. The client's public key arrives on
+# the kernel command line (cma_harness.sshkey=TYPE:BASE64): a fresh key per run, and the
+# initramfs stays the same from run to run. -s -g: no password logins at all.
+SSH_INIT = r"""
+for m in @MODULES@; do insmod /lib/modules/$m.ko || echo "@@boot ssh-error insmod $m failed"; done
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+mkdir -p /dev/pts /etc/dropbear /root/.ssh && mount -t devpts devpts /dev/pts
+echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+echo 'root:*:19000:0:99999:7:::' > /etc/shadow
+sed -n 's/.*cma_harness\.sshkey=\([^ ]*\).*/\1/p' /proc/cmdline | tr ':' ' ' > /root/.ssh/authorized_keys
+chmod 700 /root/.ssh && chmod 600 /root/.ssh/authorized_keys
+dropbearkey -t ed25519 -f /etc/dropbear/host_ed25519 >/dev/null 2>&1
+echo "@@boot sshd-hostkey $(dropbearkey -y -f /etc/dropbear/host_ed25519 | grep '^ssh-' | cut -d' ' -f1,2)"
+dropbear -r /etc/dropbear/host_ed25519 -s -g -p 22 || echo "@@boot ssh-error dropbear did not start"
+"""
+
+
+def ssh_init(modules: list[str]) -> str:
+    return SSH_INIT.replace("@MODULES@", " ".join(modules))

@@ -9,6 +9,7 @@ uncompressed: decompressing under TCG would cost more than copying.
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,9 @@ class GuestFiles:
     busybox: Path
     cma_test: Path
     kmod: Path  # cma_mem.ko
-    extra_modules: tuple[Path, ...] = ()
+    extra_modules: tuple[Path, ...] = ()  # into lib/modules/
+    extra_files: tuple[tuple[str, Path], ...] = ()  # (path in the archive, host file)
+    extra_links: tuple[tuple[str, str], ...] = ()  # (path in the archive, link target)
 
 
 def build_archive(files: GuestFiles, init_script: str) -> Archive:
@@ -136,6 +139,19 @@ def build_archive(files: GuestFiles, init_script: str) -> Archive:
     arc.file("lib/modules/cma_mem.ko", files.kmod.read_bytes())
     for module in files.extra_modules:
         arc.file(f"lib/modules/{module.name}", module.read_bytes())
+    made = {e.path for e in arc.entries}
+    for path, _ in [*files.extra_files, *files.extra_links]:
+        # The kernel's unpacker creates no missing parent directories.
+        parts = path.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            parent = "/".join(parts[:depth])
+            if parent not in made:
+                arc.dir(parent)
+                made.add(parent)
+    for path, host in files.extra_files:
+        arc.file(path, host.read_bytes(), 0o755 if os.access(host, os.X_OK) else 0o644)
+    for path, target in files.extra_links:
+        arc.symlink(path, target)
     arc.file("init", init_script.encode(), 0o755)
     return arc
 
@@ -145,6 +161,12 @@ def cached_initramfs(cache_root: Path, files: GuestFiles, init_script: str) -> P
     digest = hashlib.sha256()
     for path in (files.busybox, files.cma_test, files.kmod, *files.extra_modules):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name, host in files.extra_files:
+        # Package files are immutable per locked version: name, size and mtime identify them cheaply.
+        st = host.stat()
+        digest.update(f"{name}\0{host}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    for name, target in files.extra_links:
+        digest.update(f"{name}->{target}".encode())
     digest.update(init_script.encode())
     digest.update(guestinit.FORMAT_VERSION.encode())
     out = cache_root / "initramfs" / f"{digest.hexdigest()[:20]}.cpio"

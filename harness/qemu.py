@@ -34,7 +34,18 @@ class BootFiles:
     dtb: Path | None = None
 
 
-def qemu_command(target: Target, boot: BootFiles, append_extra: list[str] | None = None) -> list[str]:
+def ssh_netdev_args(port: int) -> list[str]:
+    """virtio-net (MMIO: no option ROM needed) on QEMU's user network; guest port 22 forwarded
+    to 127.0.0.1:port only, never to other host addresses."""
+    return [
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-device,netdev=net0",
+    ]  # fmt: skip
+
+
+def qemu_command(
+    target: Target, boot: BootFiles, append_extra: list[str] | None = None, extra_args: list[str] | None = None
+) -> list[str]:
     """The full QEMU argv for a target. No I/O: unit-tested as data."""
     q = target.qemu
     argv = [
@@ -56,7 +67,7 @@ def qemu_command(target: Target, boot: BootFiles, append_extra: list[str] | None
     ]  # fmt: skip
     if boot.dtb:
         argv += ["-dtb", str(boot.dtb)]
-    return argv + list(q.extra_args)
+    return argv + list(q.extra_args) + list(extra_args or [])
 
 
 def _die_with_parent() -> None:

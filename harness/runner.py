@@ -278,7 +278,7 @@ class ScenarioRunner:
         self._ensure_process(result, step.args["process"])
 
     def _wait_gone(self, result: StepResult, pid: int, how: str) -> None:
-        out = self._run(result, f"{how}; while kill -0 {pid} 2>/dev/null; do sleep 0.01; done")
+        out = self._run(result, f"{how}; {wait_gone(str(pid))}")
         if out.status != 0:
             result.fail(f"'{how}' failed ({out.status}): {out.stderr.strip()}")
 
@@ -493,6 +493,12 @@ class ScenarioRunner:
             result.duration = time.monotonic() - started
             self.check_invariants(result, log_mark, events_before)
         return self.results
+
+
+def wait_gone(pid: str) -> str:
+    """Shell that waits until a process has exited. A zombie counts as gone: it has closed its
+    files (the driver's release ran), and over SSH nobody may reap it soon."""
+    return f"while [ -e /proc/{pid} ] && ! grep -q '^State:.*Z' /proc/{pid}/status 2>/dev/null; do sleep 0.01; done"
 
 
 def _raw_kernel_pointer(text: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -13,14 +14,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 from harness import build, guestinit, hosttools, initramfs, paths
 from harness.errors import EXIT_FAIL, EXIT_PASS, GuestError, HarnessError
-from harness.images import DebianProvider, ImageCache
+from harness.images import DebianProvider, ImageCache, kernel_provider
+from harness.kernels import vermagic
 from harness.qemu import BootFiles
-from harness.runner import ScenarioRunner
+from harness.runner import ScenarioRunner, wait_gone
 from harness.scenario import Scenario
 from harness.targets import Target
 
 if TYPE_CHECKING:
-    from harness.guest import Guest
+    from harness.guest import Guest, SshSetup
 
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
 
@@ -34,6 +36,7 @@ class RunOptions:
     cache: Path
     update: bool = False
     install: bool = True
+    transport: str = "serial"  # serial | ssh
 
 
 @dataclass
@@ -93,7 +96,7 @@ def default_run_dir(base: Path | None = None) -> Path:
 
 # Between two scenarios in one guest: no cma_test process left, the module unloaded.
 RESET_COMMAND = (
-    "killall -9 cma_test 2>/dev/null; while pidof cma_test >/dev/null; do sleep 0.01; done; "
+    "killall -9 cma_test 2>/dev/null; for p in $(pidof cma_test); do " + wait_gone("$p") + "; done; "
     "rmmod cma_mem 2>/dev/null; true"
 )
 
@@ -103,13 +106,18 @@ def _prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[
     with stage("setup"):
         hosttools.ensure([opts.target], install=opts.install, log=log)
     with stage("images"):
-        provider = DebianProvider(ImageCache(opts.cache, log=log), update=opts.update)
-        kernel = provider.kernel(opts.target)
-        userspace = provider.busybox(opts.target)
+        cache = ImageCache(opts.cache, log=log)
+        provider = DebianProvider(cache, update=opts.update)
+        kernel = kernel_provider(opts.target, cache, update=opts.update, install=opts.install).kernel(opts.target)
+        userspace = provider.busybox(opts.target)  # busybox always comes from Debian
     record.kernel = {"package": kernel.package, "version": kernel.version, "release": kernel.release}
     with stage("build kmod"):
         ko = build.build_kmod(
             opts.kmod, kernel.kdir, opts.target.kernel.make_arch, opts.target.kernel.cross_compile, opts.cache
+        )
+        # A module the kernel would refuse is a configuration error, told before boot.
+        vermagic.check_module(
+            ko, kernel.image, kernel.kdir, kernel.release, opts.cache, expected_release=opts.target.kernel.release
         )
     with stage("build userland"):
         cma_test = build.build_cma_test(
@@ -117,15 +125,24 @@ def _prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[
         )
     with stage("initramfs"):
         files = initramfs.GuestFiles(busybox=userspace.busybox, cma_test=cma_test, kmod=ko)
-        initrd = initramfs.cached_initramfs(opts.cache, files, guestinit.init_script())
-    return BootFiles(kernel.image, initrd)
+        extra_init = ""
+        if opts.transport == "ssh":
+            from harness.sshimage import ssh_files
+
+            ssh = ssh_files(provider, opts.target, kernel.modules)
+            files = dataclasses.replace(
+                files, extra_modules=ssh.modules, extra_files=ssh.files, extra_links=ssh.symlinks
+            )
+            extra_init = guestinit.ssh_init([m.stem for m in ssh.modules])
+        initrd = initramfs.cached_initramfs(opts.cache, files, guestinit.init_script(extra_init))
+    return BootFiles(kernel.image, initrd, kernel.dtb)
 
 
 def _boot(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunRecord) -> Guest:
     from harness.guest import Guest  # lazy: pulls in pexpect
 
     with stage("boot"):
-        guest = Guest(opts.target, boot, console_log)
+        guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
         guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
         guest.start()
     record.kernel["booted_release"] = guest.facts.release
@@ -134,6 +151,17 @@ def _boot(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[byte
     if res is None:
         record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
     return guest
+
+
+def ssh_setup(out: Path) -> SshSetup:
+    """A loopback port and a fresh key pair for one guest, kept in the run directory."""
+    from harness.guest import SshSetup
+    from harness.transport.ssh import ClientKey, free_loopback_port
+
+    keys = out / "ssh"
+    keys.mkdir(parents=True, exist_ok=True)
+    keys.chmod(0o700)
+    return SshSetup(port=free_loopback_port(), key=ClientKey.generate(keys), known_hosts=keys / "known_hosts")
 
 
 def _run_scenario(opts: RunOptions, guest: Guest, scenario: Scenario, record: RunRecord) -> ScenarioRunner:
