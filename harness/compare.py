@@ -10,7 +10,9 @@ is a different experiment, not a driver change.
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,16 +20,17 @@ from typing import Any
 from harness.parsers.faults import group_events
 
 VERDICT_RANK = {"pass": 0, "fail": 1, "error": 2}
-# Timing noise: a change counts only beyond both a relative and an absolute floor.
+# Timing noise. Under TCG every guest instruction is host CPU time, so a busy host slows a
+# whole run (measured: clean pairs 0.34x to 1.3x apart) and, as load comes and goes, single
+# steps by up to 2.5x more. So a scenario or step is judged against the base time scaled by
+# the pair's host factor (median step ratio), and must move beyond an absolute floor and a
+# factor: at least 25 %, wider when the pair's own steps scatter more (NOISE_MADS times their
+# median absolute log deviation, a robust spread).
 NOISE_RATIO = 0.25
 NOISE_SECONDS = 0.5
-TIMING_RULE = (
-    f"a stage, scenario or step counts as slower or faster only if its time changed by more than "
-    f"max({NOISE_RATIO:.0%} of the base time, {NOISE_SECONDS} s); timings are never a regression"
-)
-# Host-side stages measure the cache (a new driver means a rebuild), not the driver.
-HOST_STAGES = ("setup", "images", "build kmod", "build userland", "initramfs")
-GUEST_STAGES = ("boot", "scenario", "report")
+NOISE_MADS = 4.0
+MIN_STEP_SECONDS = 0.05  # shorter steps are mostly round-trip latency: left out of the host factor
+STAGES = ("setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report", "total")
 # Step names may end with what happened, "repeat times=500 (500/500 iterations)": not part of the identity.
 _OUTCOME = re.compile(r"\s+\([^()]*\)$")
 
@@ -61,10 +64,51 @@ class TimingChange:
     what: str
     base: float
     cand: float
+    expected: float  # base × the host factor
 
     @property
-    def delta(self) -> float:
-        return self.cand - self.base
+    def ratio(self) -> float:
+        return self.cand / self.expected if self.expected > 0 else float("inf")
+
+
+@dataclass
+class Noise:
+    """How differently the host ran the two runs, measured on the steps both have."""
+
+    factor: float = 1.0  # candidate time / base time, median over steps
+    spread: float = 0.0  # median |ln(step ratio / factor)|
+    samples: int = 0
+
+    @property
+    def limit(self) -> float:
+        """A time must move by more than this factor (either way) to count."""
+        return max(1 + NOISE_RATIO, math.exp(NOISE_MADS * self.spread))
+
+    def beyond(self, base: float, cand: float) -> bool:
+        expected = base * self.factor
+        if abs(cand - expected) <= NOISE_SECONDS:
+            return False
+        if expected <= 0 or cand <= 0:
+            return True
+        return not 1 / self.limit <= cand / expected <= self.limit
+
+    def rule(self) -> str:
+        return (
+            f"a scenario or step counts as slower or faster only if its time moved by more than {NOISE_SECONDS} s "
+            f"and by more than ×{self.limit:.2f} from its base time × the host factor; ×{self.limit:.2f} is "
+            f"max(1 + {NOISE_RATIO:.0%}, e^({NOISE_MADS:.0f} × this pair's step spread)). Host factor "
+            f"{self.factor:.2f} (median candidate/base time over {self.samples} steps of ≥ {MIN_STEP_SECONDS} s; "
+            f"a busy host or a driver slowing every step moves it), step spread ×{math.exp(self.spread):.2f}. "
+            "Timings are never a regression"
+        )
+
+
+def measure_noise(pairs: list[tuple[float, float]]) -> Noise:
+    ratios = [c / b for b, c in pairs if b >= MIN_STEP_SECONDS and c > 0]
+    if not ratios:
+        return Noise()
+    factor = statistics.median(ratios)
+    return Noise(factor, statistics.median(abs(math.log(r / factor)) for r in ratios), len(ratios))
 
 
 @dataclass
@@ -87,7 +131,7 @@ class Comparison:
     kept_events: list[EventChange] = field(default_factory=list)
     slower: list[TimingChange] = field(default_factory=list)
     faster: list[TimingChange] = field(default_factory=list)
-    host: list[TimingChange] = field(default_factory=list)  # host stages beyond noise: cache effects
+    noise: Noise = field(default_factory=Noise)
 
     @property
     def verdict_worse(self) -> bool:
@@ -136,14 +180,9 @@ def _change(key: tuple[str, int, str], base: dict[str, Any] | None, cand: dict[s
     )
 
 
-def beyond_noise(base: float, cand: float) -> bool:
-    return abs(cand - base) > max(NOISE_RATIO * base, NOISE_SECONDS)
-
-
 def _timings(base: dict[str, Any], cand: dict[str, Any]) -> list[tuple[str, float, float]]:
-    """(what, base s, candidate s) for everything timed in both runs, host stages first."""
-    bt, ct = base.get("timings") or {}, cand.get("timings") or {}
-    pairs = [(f"stage {s}", float(bt[s]), float(ct[s])) for s in (*HOST_STAGES, *GUEST_STAGES) if s in bt and s in ct]
+    """(what, base s, candidate s) for every scenario and step timed in both runs."""
+    pairs = []
     bs = {s.get("name"): float(s.get("duration", 0)) for s in base.get("scenarios", [])}
     for sc in cand.get("scenarios", []):
         if sc.get("name") in bs:
@@ -155,6 +194,11 @@ def _timings(base: dict[str, Any], cand: dict[str, Any]) -> list[tuple[str, floa
                 (f"{key[0]} step {key[1]} ({key[2]})", float(base_steps[key]["duration"]), float(step["duration"]))
             )
     return pairs
+
+
+def _stage_times(result: dict[str, Any]) -> str:
+    t = result.get("timings") or {}
+    return ", ".join(f"{s} {float(t[s]):.2f}" for s in STAGES if s in t)
 
 
 def _kernel(k: dict[str, Any]) -> str:
@@ -176,6 +220,8 @@ def _context(base: dict[str, Any], cand: dict[str, Any]) -> tuple[list[tuple[str
         ("CMA", _cma(bc), _cma(cc)),
         ("scenarios", str(base.get("scenario", "")), str(cand.get("scenario", ""))),
         ("started", str(base.get("started", "")), str(cand.get("started", ""))),
+        # Stages are context: host stages measure the cache (a new driver is a rebuild), boot the kernel.
+        ("stage times (s)", _stage_times(base), _stage_times(cand)),
     ]
     notes = []
     if bk.get("release") != ck.get("release") or bk.get("version") != ck.get("version"):
@@ -208,13 +254,12 @@ def compare(
             c.newly_passing_scenarios.append(str(sc.get("name")))
     _compare_steps(c, _steps(base), _steps(cand))
     _compare_events(c, _events(base), _events(cand))
-    for what, b, n in _timings(base, cand):
-        if beyond_noise(b, n):
-            t = TimingChange(what, b, n)
-            if what.removeprefix("stage ") in HOST_STAGES:
-                c.host.append(t)
-            else:
-                (c.slower if n > b else c.faster).append(t)
+    timed = _timings(base, cand)
+    c.noise = measure_noise([(b, n) for what, b, n in timed if not what.startswith("scenario ")])
+    for what, b, n in timed:
+        if c.noise.beyond(b, n):
+            t = TimingChange(what, b, n, b * c.noise.factor)
+            (c.slower if n > t.expected else c.faster).append(t)
     return c
 
 
@@ -271,8 +316,7 @@ def _event_line(e: EventChange) -> str:
 
 
 def _timing_row(t: TimingChange) -> str:
-    pct = f"{t.delta / t.base:+.0%}" if t.base else "new"
-    return f"| {t.what} | {t.base:.3f} | {t.cand:.3f} | {t.delta:+.3f} s ({pct}) |"
+    return f"| {t.what} | {t.base:.3f} | {t.expected:.3f} | {t.cand:.3f} | ×{t.ratio:.2f} |"
 
 
 def render(c: Comparison) -> str:
@@ -302,16 +346,14 @@ def render(c: Comparison) -> str:
     section("Gone kernel-event signatures", [_event_line(e) for e in c.gone_events])
     changed = [e for e in c.kept_events if e.base_count != e.cand_count]
     section("Kernel-event signatures in both runs, count changed", [_event_line(e) for e in changed])
-    lines += ["", "## Timing", "", f"Rule: {TIMING_RULE}.", ""]
-    moved = c.slower + c.faster
-    if moved:
-        lines += ["| what | base s | candidate s | change |", "|---|---:|---:|---:|"]
-        lines += [_timing_row(t) for t in sorted(moved, key=lambda t: -abs(t.delta))]
-    else:
-        lines.append("No stage, scenario or step changed beyond noise.")
-    if c.host:
-        lines += ["", "Host stages beyond noise (cache effects: a changed driver or a cold cache means a rebuild):", ""]
-        lines += ["| what | base s | candidate s | change |", "|---|---:|---:|---:|"] + [_timing_row(t) for t in c.host]
+    lines += ["", "## Timing", "", f"Rule: {c.noise.rule()}.", ""]
+    head = ["| what | base s | expected s | candidate s | vs expected |", "|---|---:|---:|---:|---:|"]
+    for title, moved in (("Slower", c.slower), ("Faster", c.faster)):
+        if moved:
+            lines += [f"{title} beyond noise ({len(moved)}):", "", *head]
+            lines += [_timing_row(t) for t in sorted(moved, key=lambda t: -abs(t.cand - t.expected))] + [""]
+    if not c.slower and not c.faster:
+        lines.append("No scenario or step changed beyond noise.")
     return "\n".join(lines) + "\n"
 
 
