@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
     add_cache(p)
 
+    p = sub.add_parser("boot", help="boot a guest with the driver and cma_test in place and leave it running")
+    p.add_argument("--target", default="arm64-virt", help="target name or YAML path (default arm64-virt)")
+    p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="ssh also offers an ssh login")
+    p.add_argument("--kmod", help="driver source folder (default: the project's kmod/)")
+    p.add_argument("--out", help="directory for console.log and the SSH keys (default ./runs/<timestamp>)")
+    add_cache(p)
+
     sub.add_parser("targets", help="list targets")
     sub.add_parser("scenarios", help="list scenarios")
     return parser
@@ -144,6 +151,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return max(exit_code(r) for r in records)
 
 
+def cmd_boot(args: argparse.Namespace) -> int:
+    from harness import paths
+    from harness.interactive import boot
+    from harness.session import RunOptions, default_run_dir
+    from harness.targets import resolve_target
+
+    opts = RunOptions(
+        target=resolve_target(args.target),
+        scenarios=[],
+        kmod=Path(args.kmod).resolve() if args.kmod else paths.kmod_dir(),
+        out=Path(args.out).resolve() if args.out else default_run_dir(),
+        cache=paths.cache_dir(args.cache_dir),
+        transport=args.transport,
+    )
+    return boot(opts, lambda line: print(line, flush=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -153,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(args.command)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "boot":
+            return cmd_boot(args)
     except HarnessError as exc:
         print(f"cma-harness: {exc.render()}", file=sys.stderr)
         return exc.exit_code

@@ -80,7 +80,7 @@ class Console:
         self.child.send(text + "\n")
 
     def _feed(self, data: bytes) -> list[ConsoleLine]:
-        if self.log is not None:
+        if self.log is not None and not self.log.closed:
             self.log.write(data)
         text = self._partial + data.decode("utf-8", "replace").replace("\r", "")
         *complete, self._partial = text.split("\n")
