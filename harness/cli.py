@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for console.log and the SSH keys (default ./runs/<timestamp>)")
     add_cache(p)
 
+    from harness.cli_reports import add_parsers
+
+    add_parsers(sub)  # report, compare
+
     sub.add_parser("targets", help="list targets")
     sub.add_parser("scenarios", help="list scenarios")
     return parser
@@ -179,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "boot":
             return cmd_boot(args)
+        if args.command in ("report", "compare"):
+            from harness.cli_reports import cmd_compare, cmd_report
+
+            return cmd_report(args) if args.command == "report" else cmd_compare(args)
     except HarnessError as exc:
         print(f"cma-harness: {exc.render()}", file=sys.stderr)
         return exc.exit_code
