@@ -219,6 +219,7 @@ static struct {
 	bool child;			/* records carry proc=child */
 	bool failed;
 	bool exit_now;			/* "exit" ran */
+	bool ktap;			/* --ktap: KTAP output */
 	long pagesize;
 } S = { .fd = -1 };
 
@@ -269,6 +270,8 @@ static void emit(const struct step *st, int step, int err, struct rec *r)
 
 	if (!ok && !r->msg[0])
 		rec_msg(r, false, "expected errno %s, got %s", errname(want), errname(err));
+	if (S.ktap)	/* the record becomes a KTAP diagnostic line */
+		fputs("# ", S.out);
 	fprintf(S.out, "@cma step=%d op=%s status=%s errno=%s", step, st->op,
 		ok ? "ok" : "fail", errname(err));
 	if (st->has_want)
@@ -279,6 +282,9 @@ static void emit(const struct step *st, int step, int err, struct rec *r)
 	if (r->msg[0])
 		fprintf(S.out, " msg=%s", r->msg);
 	fputc('\n', S.out);
+	if (S.ktap)
+		fprintf(S.out, "%s %d - %s%s%s\n", ok ? "ok" : "not ok", step, st->op,
+			st->nargs ? " " : "", st->nargs ? st->args[0] : "");
 	fflush(S.out);
 	if (!ok)
 		S.failed = true;
@@ -1105,6 +1111,8 @@ static int run_words(char **w, int nw)
 	}
 	S.step = 0;
 	S.failed = false;
+	if (S.ktap)
+		fprintf(S.out, "KTAP version 1\n1..%d\n", n);
 	run_steps(steps, n);
 	free(steps);
 	return S.failed ? 1 : 0;
@@ -1472,6 +1480,11 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		return cmd_ctl(argv[2], argv + 3, argc - 3);
+	}
+	if (!strcmp(argv[1], "--ktap")) {
+		/* kselftest style: one test point per step, records as diagnostics. */
+		S.ktap = true;
+		return run_words(argv + 2, argc - 2);
 	}
 	return run_words(argv + 1, argc - 1);
 }
