@@ -148,17 +148,23 @@ class Comparison:
         out = []
         if self.verdict_worse:
             out.append(f"verdict {self.base_verdict} → {self.cand_verdict}")
+        # Named in the headline: a CI log's last lines should say which tests and which fault.
         if self.newly_failing_scenarios:
-            out.append(f"{len(self.newly_failing_scenarios)} scenario(s) newly fail")
+            out.append(_named("scenario(s) newly fail", self.newly_failing_scenarios))
         if self.newly_failing:
-            out.append(f"{len(self.newly_failing)} step(s) newly fail")
+            out.append(_named("step(s) newly fail", [s.ref for s in self.newly_failing]))
         if self.new_events:
-            out.append(f"{len(self.new_events)} new kernel-event signature(s)")
+            out.append(_named("new kernel-event signature(s)", [e.title for e in self.new_events]))
         return out
 
     @property
     def regression(self) -> bool:
         return bool(self.reasons)
+
+
+def _named(what: str, names: list[str], shown: int = 4) -> str:
+    more = f", … {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} {what}: {', '.join(names[:shown])}{more}"
 
 
 def _step_key(step: dict[str, Any]) -> tuple[str, int, str]:
@@ -330,6 +336,8 @@ def render(c: Comparison) -> str:
         lines.append(f"**REGRESSION** (exit 1): {'; '.join(c.reasons)}.")
     else:
         lines.append("**No regression** (exit 0): no step or scenario newly fails and no new kernel-event signature.")
+    if c.slower or c.faster:
+        lines.append(f"Timing: {len(c.slower)} slower, {len(c.faster)} faster beyond noise (below; never gated on).")
     lines += ["", "| | base | candidate |", "|---|---|---|"]
     lines += [f"| {what} | {b} | {n} |" for what, b, n in c.facts]
     if c.context:

@@ -35,7 +35,11 @@ def test_warning_variant_names_the_regressed_steps_and_the_new_signature():
         ("a90568c6e410", "WARNING in cma_mem_ioctl", 45)
     ]
     text = render(c)
-    assert text.splitlines()[2].startswith("**REGRESSION** (exit 1): verdict pass → fail")
+    assert text.splitlines()[2] == (
+        "**REGRESSION** (exit 1): verdict pass → fail; 1 scenario(s) newly fail: smoke; "
+        "3 step(s) newly fail: smoke step 2, smoke step 10, smoke step 17; "
+        "1 new kernel-event signature(s): WARNING in cma_mem_ioctl."
+    )
     assert "- **smoke step 10** `free name=mem2`: pass → fail — kernel warning: WARNING in cma_mem_ioctl" in text
     assert "`a90568c6e410` **WARNING in cma_mem_ioctl** (warning, ×0 → ×45" in text
     assert "different driver folders (--kmod)" in text
@@ -43,7 +47,11 @@ def test_warning_variant_names_the_regressed_steps_and_the_new_signature():
 
 def test_capacity_leak_variant_is_a_regression_without_kernel_events():
     c = compare(run("clean-smoke"), run("wc-never-freed"))
-    assert c.reasons == ["verdict pass → fail", "1 scenario(s) newly fail", "1 step(s) newly fail"]
+    assert c.reasons == [
+        "verdict pass → fail",
+        "1 scenario(s) newly fail: smoke",
+        "1 step(s) newly fail: smoke step 17",
+    ]
     assert c.newly_failing[0].name == "capacity mode=check"
     assert "CMA capacity leak" in c.newly_failing[0].problems[0]
     assert c.new_events == []
