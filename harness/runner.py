@@ -21,12 +21,13 @@ from typing import Any
 from harness.errors import GuestError
 from harness.parsers.cmatest import CmaRecord, parse_records
 from harness.parsers.dmesg import CmaReservation, DumpMemRecord, parse_dump_mem
-from harness.parsers.faults import KernelEvent
+from harness.parsers.faults import KernelEvent, kmemleak_events
 from harness.parsers.ktap import parse_ktap, plan
 from harness.scenario import MAIN, Scenario, Step
 from harness.transport.base import CommandResult, Transport
 
 MODULE_PATH = "/lib/modules/cma_mem.ko"
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
 PATTERN_PARAM = "/sys/module/cma_mem/parameters/test_pattern"
 # delete_module() refuses a module with users: EWOULDBLOCK under busybox rmmod (O_NONBLOCK), EBUSY otherwise.
 MODULE_IN_USE = ("Resource temporarily unavailable", "Device or resource busy", "is in use")
@@ -123,6 +124,7 @@ class RunState:
     processes: dict[str, int] = field(default_factory=dict)  # name -> pid
     capacity_baseline: int | None = None
     capacity_check: int | None = None
+    cma_used_baseline: int | None = None  # CMA debugfs pages in use, where the kernel has it
     allocated: list[Block] = field(default_factory=list)  # every allocation, freed or not (for the report)
 
 
@@ -147,6 +149,7 @@ class ScenarioRunner:
         self.command_timeout = command_timeout
         self.results: list[StepResult] = []
         self.aborted: GuestError | None = None  # set when the guest stopped answering
+        self.extra_events: list[KernelEvent] = []  # found outside the console (kmemleak scans)
         self._new_blocks: list[Block] = []  # allocations of the running step, for the dmesg check
         self._step_index = 0
 
@@ -381,16 +384,32 @@ class ScenarioRunner:
         mode = step.args["mode"]
         chunks = ",".join(str(chunk) for chunk in CAPACITY_CHUNKS)
         measure = f"echo 0 > {PATTERN_PARAM}; cma_test exhaust {chunks}; rc=$?; echo 1 > {PATTERN_PARAM}"
+        # Where the kernel has them: CMA debugfs page counts (exact) and kmemleak (after the probe).
+        used = "for f in /sys/kernel/debug/cma/*/used; do [ -e $f ] && echo @cmaused $(cat $f); done"
+        leaks = (
+            f"if [ -e {KMEMLEAK} ]; then "
+            + (
+                f"echo scan > {KMEMLEAK}; sleep 6; echo scan > {KMEMLEAK}; sed 's/^/@kmemleak /' {KMEMLEAK}; "
+                if mode == "check"
+                else f"echo scan > {KMEMLEAK}; echo clear > {KMEMLEAK}; "  # earlier leaks are not ours
+            )
+            + "fi"
+        )
         # Probe with the module as it is; if it is not loaded, load it just for the probe
         # (after rmmod: what did unloading give back?).
         probe = self._run(
             result,
-            f"if grep -q '^cma_mem ' /proc/modules; then {measure}; exit $rc; fi; "
-            f"insmod {MODULE_PATH} test_pattern=0 || exit 99; {measure}; rmmod cma_mem || exit 98; exit $rc",
+            f"if grep -q '^cma_mem ' /proc/modules; then {measure}; else "
+            f"insmod {MODULE_PATH} test_pattern=0 || exit 99; {measure}; rmmod cma_mem || exit 98; fi; "
+            f"{used}; {leaks}; exit $rc",
+            timeout=self.command_timeout + 15,
         )
         if probe.status in (98, 99):
             result.fail(f"capacity probe: {'insmod' if probe.status == 99 else 'rmmod'} failed: {probe.stderr.strip()}")
             return
+        self._check_kmemleak(result, probe.stdout)
+        used_pages = sum(int(line.split()[1]) for line in probe.stdout.splitlines() if line.startswith("@cmaused "))
+        has_debugfs = "@cmaused " in probe.stdout
         records = [r for r in parse_records(probe.stdout) if r.op == "exhaust"]
         total = records[0].int("total") if records else None
         if total is None:
@@ -398,6 +417,7 @@ class ScenarioRunner:
             return
         if mode == "baseline":
             self.state.capacity_baseline = total
+            self.state.cma_used_baseline = used_pages if has_debugfs else None
             return
         self.state.capacity_check = total
         base = self.state.capacity_baseline
@@ -408,6 +428,18 @@ class ScenarioRunner:
                 f"CMA capacity leak: {base - total} bytes fewer allocatable than before the scenario "
                 f"(baseline {base}, now {total}): blocks were not freed"
             )
+        used_base = self.state.cma_used_baseline
+        if has_debugfs and used_base is not None and used_pages > used_base:
+            result.fail(
+                f"CMA debugfs: {used_pages - used_base} pages still in use that were free before the scenario "
+                f"({used_base} -> {used_pages})"
+            )
+
+    def _check_kmemleak(self, result: StepResult, stdout: str) -> None:
+        text = "\n".join(line[len("@kmemleak ") :] for line in stdout.splitlines() if line.startswith("@kmemleak "))
+        for event in kmemleak_events(text, step=result.name):
+            self.extra_events.append(event)
+            result.fail(f"kernel kmemleak: {event.title}")
 
     # --- invariants -----------------------------------------------------
 

@@ -59,6 +59,7 @@ class RunRecord:
     started: str = ""
     problems: list[str] = field(default_factory=list)
     console_tail: str = ""  # set when the guest died or hung
+    extra_events: list[dict[str, Any]] = field(default_factory=list)  # kernel events not from the console
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
@@ -187,7 +188,8 @@ def _run_scenario(opts: RunOptions, guest: Guest, scenario: Scenario, record: Ru
         record.steps += steps
         record.blocks += [b.as_dict() | {"scenario": scenario.name} for b in runner.state.blocks.values()]
         record.allocations += [b.as_dict() | {"scenario": scenario.name} for b in runner.state.allocated]
-        new_events = guest.events()[events_before:]
+        new_events = guest.events()[events_before:] + runner.extra_events
+        record.extra_events += [e.as_dict() for e in runner.extra_events]
         failed = any(s["status"] != "pass" for s in steps) or new_events or runner.aborted
         record.scenarios.append(
             {
@@ -246,7 +248,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     if not (opts.out / "dmesg.txt").exists():
                         lines = [line for _, line in guest.kernel_log.lines]
                         (opts.out / "dmesg.txt").write_text("\n".join(lines) + "\n")
-                record.kernel_events = all_events
+                record.kernel_events = all_events + record.extra_events
         failed = any(s["verdict"] != "pass" for s in record.scenarios) or record.kernel_events or record.problems
         record.verdict = "fail" if failed else "pass"
     except HarnessError as exc:

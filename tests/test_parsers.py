@@ -132,3 +132,27 @@ def test_real_hung_task_names_the_driver_not_the_scheduler(fixture_text):
     hung = [e for e in events if e.kind == "hung_task"]
     assert hung, events
     assert hung[0].title in ("INFO: task hung in cma_mem_ioctl", "INFO: task hung in cma_mem_ioc_unmap")
+
+
+def test_kmemleak_report_names_the_driver_function():
+    from harness.parsers.faults import kmemleak_events
+
+    # The format of /sys/kernel/debug/kmemleak (mm/kmemleak.c print_unreferenced).
+    text = """unreferenced object 0xffff000004a0c400 (size 128):
+  comm "cma_test", pid 98, jiffies 4294893463 (age 8.160s)
+  hex dump (first 32 bytes):
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................
+  backtrace:
+    [<000000003d0e7f10>] kmemleak_alloc+0x30/0x40
+    [<00000000a1b2c3d4>] kmalloc_trace+0x3c/0x90
+    [<00000000deadbeef>] cma_mem_ioctl+0x1f0/0xdd0 [cma_mem]
+    [<0000000012345678>] __arm64_sys_ioctl+0xb4/0x100
+unreferenced object 0xffff000004a0c500 (size 128):
+  comm "cma_test", pid 98, jiffies 4294893470 (age 8.100s)
+  backtrace:
+    [<000000003d0e7f10>] kmemleak_alloc+0x30/0x40
+    [<00000000deadbeef>] cma_mem_ioctl+0x1f0/0xdd0 [cma_mem]
+"""
+    events = kmemleak_events(text)
+    assert [e.title for e in events] == ["memory leak in cma_mem_ioctl"] * 2
+    assert events[0].signature == events[1].signature

@@ -34,7 +34,8 @@ END_MARKERS = ("---[ end trace", "---[ end Kernel panic")
 PC_LINE = re.compile(r"^pc : (?P<func>[\w.]+)\+0x")
 AT_FUNC = re.compile(r" at (?:\S+:\d+ )?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
 IN_FUNC = re.compile(r" in (?P<func>[\w.]+)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?")
-CALL_TRACE_FUNC = re.compile(r"^\s*(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# "  func+0x10/0x20" (call trace) or "    [<0000000012345678>] func+0x10/0x20" (kmemleak backtrace)
+CALL_TRACE_FUNC = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
 MAX_REPORT_LINES = 120
 # Faults after which the guest may never answer again (a dead task can hold locks forever).
 FATAL_KINDS = {"oops", "panic", "bug", "hung_task", "rcu_stall", "soft_lockup"}
@@ -91,7 +92,7 @@ def _function_from(lines: list[str]) -> str | None:
             return m.group("func")
     in_trace = False
     for line in lines:
-        if line.startswith("Call trace:"):
+        if line.strip() in ("Call trace:", "backtrace:"):
             in_trace = True
             continue
         if in_trace:
@@ -134,18 +135,7 @@ def make_title(kind: str, first: str, report: list[str]) -> str:
         what = what.split(" at virtual address")[0]
         return f"Unable to handle kernel {what} in {func or '?'}" if "Unable" in body else f"Oops in {func or '?'}"
     if kind == "kmemleak":
-        func = _function_from(report) or next(
-            (
-                m.group("func")
-                for line in report
-                if (m := CALL_TRACE_FUNC.match(line))
-                and "kmemleak" not in line
-                and "slab" not in line
-                and "kmalloc" not in line
-            ),
-            None,
-        )
-        return f"memory leak in {func or '?'}"
+        return f"memory leak in {_function_from(report) or '?'}"
     if kind == "hung_task":
         return f"INFO: task hung in {_function_from(report) or '?'}"
     if kind == "rcu_stall":
@@ -234,6 +224,18 @@ def group_events(events: list[dict[str, object]]) -> list[dict[str, object]]:
         else:
             groups[key] = {**event, "count": 1}
     return list(groups.values())
+
+
+def kmemleak_events(report_text: str, step: str = "") -> list[KernelEvent]:
+    """Leaks from /sys/kernel/debug/kmemleak: one event per 'unreferenced object' block."""
+    events: list[KernelEvent] = []
+    for block in re.split(r"\n(?=unreferenced object )", report_text.strip()):
+        lines = block.splitlines()
+        if lines and lines[0].startswith("unreferenced object"):
+            event = KernelEvent("kmemleak", "", lines[0], lines, step)
+            event.title = make_title("kmemleak", lines[0], lines)
+            events.append(event)
+    return events
 
 
 def find_faults(lines: Iterable[str]) -> list[KernelEvent]:
