@@ -109,6 +109,14 @@ def _records(result: dict) -> list[str]:
     return [line for s in result["steps"] for c in s["commands"] for line in c["stdout"].splitlines()]
 
 
+def test_the_leak_oracle_stays_quiet_on_the_clean_driver_over_20_runs(tmp_path):
+    code, output, result = run_cli(*(["--scenario", "smoke"] * 20), out=tmp_path)
+    assert code == 0, output
+    assert [s["verdict"] for s in result["scenarios"]] == ["pass"] * 20
+    checks = [s for s in result["steps"] if s["name"] == "capacity mode=check"]
+    assert len(checks) == 20 and all(s["status"] == "pass" for s in checks)
+
+
 def test_a_failing_ktap_test_point_fails_its_step(tmp_path):
     scenario = tmp_path / "ktap.yaml"
     scenario.write_text(
