@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from harness import paths
 from harness.errors import ConfigError, InfraError
@@ -51,6 +52,7 @@ class KernelImage:
     image: Path  # vmlinuz
     modules: Path  # lib/modules/<release>
     kdir: Path  # out-of-tree build tree
+    dtb: Path | None = None  # a device tree to pass to QEMU (local kernels); None: QEMU's own
 
 
 @dataclass(frozen=True)
@@ -322,3 +324,25 @@ class DebianProvider:
         if not os.access(binary, os.X_OK):
             raise InfraError(f"{pkg.name}: no executable bin/busybox in the package")
         return Userspace(busybox=binary, version=pkg.version)
+
+
+class KernelProvider(Protocol):
+    def kernel(self, target: Target) -> KernelImage: ...
+
+
+def kernel_provider(
+    target: Target, cache: ImageCache, *, update: bool = False, install: bool = True, lock_file: Path | None = None
+) -> KernelProvider:
+    """The provider named by the target's kernel section (debian, source or local)."""
+    provider = target.kernel.provider
+    if provider == "debian":
+        return DebianProvider(cache, update=update, lock_file=lock_file)
+    if provider == "source":
+        from harness.kernels.source import SourceProvider  # lazy: imports this module
+
+        return SourceProvider(cache, update=update, lock_file=lock_file, install=install)
+    if provider == "local":
+        from harness.kernels.local import LocalProvider
+
+        return LocalProvider()
+    raise ConfigError(f"{target.path}: unknown kernel provider '{provider}'")

@@ -14,7 +14,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from harness import build, guestinit, hosttools, initramfs, paths
 from harness.errors import EXIT_FAIL, EXIT_PASS, GuestError, HarnessError
-from harness.images import DebianProvider, ImageCache
+from harness.images import DebianProvider, ImageCache, kernel_provider
+from harness.kernels import vermagic
 from harness.qemu import BootFiles
 from harness.runner import ScenarioRunner, wait_gone
 from harness.scenario import Scenario
@@ -108,12 +109,16 @@ def _prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[
     with stage("images"):
         cache = ImageCache(opts.cache, log=log)
         provider = DebianProvider(cache, update=opts.update)
-        kernel = provider.kernel(opts.target)
+        kernel = kernel_provider(opts.target, cache, update=opts.update, install=opts.install).kernel(opts.target)
         userspace = provider.busybox(opts.target)  # busybox always comes from Debian
     record.kernel = {"package": kernel.package, "version": kernel.version, "release": kernel.release}
     with stage("build kmod"):
         ko = build.build_kmod(
             opts.kmod, kernel.kdir, opts.target.kernel.make_arch, opts.target.kernel.cross_compile, opts.cache
+        )
+        # A module the kernel would refuse is a configuration error, told before boot.
+        vermagic.check_module(
+            ko, kernel.image, kernel.kdir, kernel.release, opts.cache, expected_release=opts.target.kernel.release
         )
     with stage("build userland"):
         cma_test = build.build_cma_test(
