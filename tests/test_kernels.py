@@ -372,6 +372,15 @@ def test_mismatch_messages():
     assert other and "built for 6.1.176-elsewhere" in other and "kernel image is 6.1.176-cmah-fast" in other
     flags = vermagic.mismatch("6.1.176-cmah-fast SMP preempt mod_unload aarch64", facts, "6.1.176-cmah-fast")
     assert flags and "different SMP/preempt" in flags
+    arm = vermagic.ImageFacts(
+        "Linux version 6.1.0-50-armmp-lpae (x)",
+        "6.1.0-50-armmp-lpae",
+        ["6.1.0-50-armmp-lpae SMP mod_unload modversions ARMv7 p2v8 "],
+    )
+    assert (
+        vermagic.mismatch("6.1.0-50-armmp-lpae SMP mod_unload modversions ARMv7 p2v8 ", arm, "6.1.0-50-armmp-lpae")
+        is None
+    )
     unreadable = vermagic.ImageFacts("", "", [])
     assert vermagic.mismatch(fits, unreadable, "6.1.176-cmah-fast") is None
     assert "build tree is for release 6.1.0-a" in (vermagic.mismatch(fits, unreadable, "6.1.0-a", "6.1.0-b") or "")

@@ -78,7 +78,7 @@ def module_vermagic(ko: Path) -> str:
         raise InfraError(f"{ko}: cannot read the module's .modinfo ({exc})") from None
     if "vermagic" not in info:
         raise InfraError(f"{ko}: no vermagic in .modinfo: not a kernel module?")
-    return info["vermagic"].strip()
+    return info["vermagic"]
 
 
 # --- kernel image ---------------------------------------------------------
@@ -171,7 +171,8 @@ def mismatch(vermagic: str, facts: ImageFacts, kdir_release: str, expected_relea
             f"the module was built for {module_release} (vermagic '{vermagic}'), "
             f"but the kernel image is {facts.release} ({facts.banner[:160]})"
         )
-    if facts.vermagics and vermagic not in facts.vermagics:
+    # Compared without trailing blanks: arm's ends with "p2v8 " in both, but say it plainly.
+    if facts.vermagics and vermagic.strip() not in {v.strip() for v in facts.vermagics}:
         return (
             f"the module's vermagic '{vermagic}' differs from the kernel's '{facts.vermagics[0]}' "
             "(same release, different SMP/preempt/modversions/arch options)"
