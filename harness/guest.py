@@ -14,7 +14,7 @@ from typing import IO
 from harness import guestinit
 from harness.console import Console, ConsoleClosed, ConsoleLine
 from harness.errors import GuestError
-from harness.parsers.dmesg import CmaReservation, parse_reservation
+from harness.parsers.dmesg import CmaReservation, parse_checkers, parse_reservation
 from harness.parsers.faults import FaultDetector, KernelEvent
 from harness.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
 from harness.runner import KernelLog
@@ -30,6 +30,7 @@ KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
 class BootFacts:
     release: str = ""
     reservation: CmaReservation | None = None
+    checkers: list[str] = field(default_factory=list)  # kasan, kmemleak, lockdep, dma-debug: what ran
     boot_lines: list[str] = field(default_factory=list)
     ready_after: float = 0.0  # seconds from QEMU start to the shell
     ssh_after: float = 0.0  # seconds from QEMU start to an authenticated SSH session
@@ -51,6 +52,7 @@ class Guest:
         self, target: Target, boot: BootFiles, console_log: IO[bytes] | None = None, ssh: SshSetup | None = None
     ) -> None:
         self.target = target
+        self.boot = boot
         self.ssh = ssh
         extra_args = ssh_netdev_args(ssh.port) if ssh else []
         append = [ssh.key.cmdline_arg] if ssh else []
@@ -106,6 +108,7 @@ class Guest:
         m = re.search(r"release=(\S+)", text)
         self.facts.release = m.group(1) if m else ""
         self.facts.reservation = parse_reservation(text)
+        self.facts.checkers = parse_checkers(text)
         self.step = "ready"
         self.serial = SerialTransport(
             self.console, self.target.timeouts.command, fatal_count=lambda: self.detector.fatal_count

@@ -58,7 +58,7 @@ __p() {
 	echo
 }
 echo "@@boot release=$(uname -r) machine=$(uname -m) uptime=$(cut -d' ' -f1 /proc/uptime)"
-dmesg | grep -E 'cma: Reserved|cma: Failed|Linux version' >/tmp/.o
+dmesg | grep -E '@BOOT_FACTS@' >/tmp/.o
 grep -E '^Cma(Total|Free):' /proc/meminfo >/tmp/.e
 __p "@@boot dmesg " /tmp/.o
 __p "@@boot meminfo " /tmp/.e
@@ -92,7 +92,9 @@ echo "@@ready"
 
 
 def init_script(extra: str = "") -> str:
-    return INIT_TEMPLATE.replace("@EXTRA@", extra)
+    from harness.parsers.dmesg import BOOT_FACT_PATTERN
+
+    return INIT_TEMPLATE.replace("@BOOT_FACTS@", BOOT_FACT_PATTERN).replace("@EXTRA@", extra)
 
 
 # SSH (transport ssh): virtio-net on QEMU's user network, dropbear with a host key made at

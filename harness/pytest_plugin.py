@@ -98,6 +98,7 @@ class BootedGuest:
 
     def runner(self, label: str) -> ScenarioRunner:
         from harness.runner import ScenarioRunner
+        from harness.symbolize import module_functions
 
         return ScenarioRunner(
             self.transport,
@@ -107,6 +108,7 @@ class BootedGuest:
             set_step=lambda step: self.guest.set_step(f"{label} {step}"),
             barrier=self.guest.barrier,
             command_timeout=self.target.timeouts.command,
+            module_symbols=module_functions(self.guest.boot.module),
         )
 
 

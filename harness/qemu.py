@@ -32,6 +32,7 @@ class BootFiles:
     kernel: Path
     initrd: Path
     dtb: Path | None = None
+    module: Path | None = None  # the cma_mem.ko inside the initrd: its symbols name frames after rmmod
 
 
 def ssh_netdev_args(port: int) -> list[str]:

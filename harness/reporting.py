@@ -144,6 +144,8 @@ def kernel_text(result: dict[str, Any]) -> str:
     booted = k.get("booted_release")
     if booted and booted != k.get("release"):
         text += f"; booted {booted}"
+    if k.get("checkers"):
+        text += f"; checkers on: {', '.join(k['checkers'])}"
     return text
 
 

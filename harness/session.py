@@ -19,6 +19,7 @@ from harness.kernels import vermagic
 from harness.qemu import BootFiles
 from harness.runner import ScenarioRunner, wait_gone
 from harness.scenario import Scenario
+from harness.symbolize import module_functions
 from harness.targets import Target
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def _prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[
             )
             extra_init = guestinit.ssh_init([m.stem for m in ssh.modules])
         initrd = initramfs.cached_initramfs(opts.cache, files, guestinit.init_script(extra_init))
-    return BootFiles(kernel.image, initrd, kernel.dtb)
+    return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
 
 
 def _boot(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunRecord) -> Guest:
@@ -147,6 +148,7 @@ def _boot(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[byte
         guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
         guest.start()
     record.kernel["booted_release"] = guest.facts.release
+    record.kernel["checkers"] = guest.facts.checkers
     res = guest.facts.reservation
     record.cma = {"size_mib": res.size_mib, "base": hex(res.base)} if res else {}
     if res is None:
@@ -175,6 +177,7 @@ def _run_scenario(opts: RunOptions, guest: Guest, scenario: Scenario, record: Ru
         set_step=lambda step: guest.set_step(f"{scenario.name} {step}"),
         barrier=guest.barrier,
         command_timeout=opts.target.timeouts.command,
+        module_symbols=module_functions(guest.boot.module),
     )
     events_before = len(guest.events())
     started = time.monotonic()

@@ -1,7 +1,7 @@
 """Parsers over real captured console logs (tests/fixtures) and the seed's log format."""
 
 from harness.parsers.cmatest import parse_record
-from harness.parsers.dmesg import parse_dump_mem, parse_release, parse_reservation
+from harness.parsers.dmesg import parse_checkers, parse_dump_mem, parse_release, parse_reservation
 from harness.parsers.faults import find_faults, signature
 
 
@@ -134,25 +134,15 @@ def test_real_hung_task_names_the_driver_not_the_scheduler(fixture_text):
     assert hung[0].title in ("INFO: task hung in cma_mem_ioctl", "INFO: task hung in cma_mem_ioc_unmap")
 
 
-def test_kmemleak_report_names_the_driver_function():
-    from harness.parsers.faults import kmemleak_events
+def test_a_stock_kernel_boot_has_no_checkers(fixture_text):
+    assert parse_checkers(fixture_text("console-arm64-boot-commands.log")) == []
 
-    # The format of /sys/kernel/debug/kmemleak (mm/kmemleak.c print_unreferenced).
-    text = """unreferenced object 0xffff000004a0c400 (size 128):
-  comm "cma_test", pid 98, jiffies 4294893463 (age 8.160s)
-  hex dump (first 32 bytes):
-    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................
-  backtrace:
-    [<000000003d0e7f10>] kmemleak_alloc+0x30/0x40
-    [<00000000a1b2c3d4>] kmalloc_trace+0x3c/0x90
-    [<00000000deadbeef>] cma_mem_ioctl+0x1f0/0xdd0 [cma_mem]
-    [<0000000012345678>] __arm64_sys_ioctl+0xb4/0x100
-unreferenced object 0xffff000004a0c500 (size 128):
-  comm "cma_test", pid 98, jiffies 4294893470 (age 8.100s)
-  backtrace:
-    [<000000003d0e7f10>] kmemleak_alloc+0x30/0x40
-    [<00000000deadbeef>] cma_mem_ioctl+0x1f0/0xdd0 [cma_mem]
-"""
-    events = kmemleak_events(text)
-    assert [e.title for e in events] == ["memory leak in cma_mem_ioctl"] * 2
-    assert events[0].signature == events[1].signature
+
+def test_real_kasan_use_after_free_names_the_driver_function(fixture_text):
+    # arm64-debug, the use-after-free-on-unmap variant of tests/guest/broken.py.
+    log = fixture_text("console-arm64-debug-kasan-uaf.log")
+    events = [e for e in find_faults(log.splitlines()) if e.kind == "bug"]
+    assert [e.title for e in events] == ["KASAN: use-after-free Read in cma_mem_ioctl"]
+    report = "\n".join(events[0].report)
+    assert "Freed by task" in report and "cma_mem_buf_free_memory" in report
+    assert parse_checkers(log) == ["kasan", "kmemleak", "lockdep", "dma-debug"]

@@ -9,6 +9,16 @@ from dataclasses import dataclass
 STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 RESERVED = re.compile(r"cma: Reserved (\d+) MiB at (0x[0-9a-fA-F]+)")
 RELEASE = re.compile(r"Linux version (\S+)")
+# The banner each runtime checker prints once at boot (Linux 6.1). A debug kernel whose
+# checker is compiled in but failed to start prints nothing, so this is what actually ran.
+CHECKER_BANNERS = {
+    "kasan": "KernelAddressSanitizer initialized",
+    "kmemleak": "kmemleak: Kernel memory leak detector initialized",
+    "lockdep": "Lock dependency validator",
+    "dma-debug": "DMA-API: debugging enabled",
+}
+# The boot-log lines the guest's /init reports (an extended regex for grep -E).
+BOOT_FACT_PATTERN = "|".join(["cma: Reserved", "cma: Failed", "Linux version", *CHECKER_BANNERS.values()])
 
 
 def strip_stamp(line: str) -> str:
@@ -32,6 +42,11 @@ class CmaReservation:
 def parse_reservation(text: str) -> CmaReservation | None:
     m = RESERVED.search(text)
     return CmaReservation(int(m.group(1)), int(m.group(2), 16)) if m else None
+
+
+def parse_checkers(text: str) -> list[str]:
+    """The runtime checkers (KASAN, kmemleak, lockdep, DMA API debug) whose boot banner is in text."""
+    return [name for name, banner in CHECKER_BANNERS.items() if banner in text]
 
 
 def parse_release(text: str) -> str | None:

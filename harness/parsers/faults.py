@@ -22,7 +22,8 @@ MARKERS: list[tuple[str, re.Pattern[str]]] = [
     ("bug", re.compile(r"^BUG: (?P<what>.*)")),
     ("bug", re.compile(r"^kernel BUG at (?P<what>\S+)")),
     ("warning", re.compile(r"^WARNING: (?P<what>.*)")),
-    ("kmemleak", re.compile(r"^kmemleak: (?P<what>\d+ new suspected memory leaks?).*")),
+    # Not "kmemleak: N new suspected memory leaks": that console line only points at the
+    # kmemleak file, which the capacity check reads and turns into one event per object.
     ("kmemleak", re.compile(r"^unreferenced object (?P<what>0x[0-9a-f]+) \(size (?P<size>\d+)\)")),
     ("hung_task", re.compile(r"^INFO: task (?P<what>\S+?):\d+ blocked for more than")),
     ("rcu_stall", re.compile(r"^rcu: INFO: (?P<what>rcu_\w+ (?:self-)?detected (?:expedited )?stalls?)")),
@@ -34,8 +35,9 @@ END_MARKERS = ("---[ end trace", "---[ end Kernel panic")
 PC_LINE = re.compile(r"^pc : (?P<func>[\w.]+)\+0x")
 AT_FUNC = re.compile(r" at (?:\S+:\d+ )?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
 IN_FUNC = re.compile(r" in (?P<func>[\w.]+)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?")
-# "  func+0x10/0x20" (call trace) or "    [<0000000012345678>] func+0x10/0x20" (kmemleak backtrace)
-CALL_TRACE_FUNC = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# "  func+0x10/0x20" (call trace) or "    [<0000000012345678>] func+0x10/0x20" (kmemleak backtrace;
+# the pointer is "(____ptrval____)" when hashed pointers are not printable yet).
+CALL_TRACE_FUNC = re.compile(r"^\s*(?:\[<[^>]*>\]\s*)?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
 MAX_REPORT_LINES = 120
 # Faults after which the guest may never answer again (a dead task can hold locks forever).
 FATAL_KINDS = {"oops", "panic", "bug", "hung_task", "rcu_stall", "soft_lockup"}
@@ -77,7 +79,7 @@ def signature(title: str) -> str:
 _PLUMBING = re.compile(
     r"^(dump_|show_|__warn|warn_|report_|kasan_|panic|__switch_to|__schedule|schedule|io_schedule|"
     r"__mutex_lock|mutex_lock|__rwsem|rwsem_|down_|__down|wait_for_|__wait_|_raw_spin|preempt_schedule|"
-    r"kmem_cache_alloc|kmalloc|__kmalloc|kmemleak_|slab_|__slab|create_object)"
+    r"kmem_cache_alloc|__kmem_cache_alloc|kmalloc|__kmalloc|kmemleak_|slab_|__slab|create_object)"
 )
 
 
