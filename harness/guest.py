@@ -116,13 +116,13 @@ class Guest:
         self.transport = self.serial
         if self.ssh is not None:
             try:
-                self._start_ssh(self.ssh, self.qemu.started_at)
+                self._start_ssh(self.ssh)
             except BaseException:
                 self.stop()
                 raise
         return self
 
-    def _start_ssh(self, ssh: SshSetup, started: float) -> None:
+    def _start_ssh(self, ssh: SshSetup) -> None:
         text = "\n".join(self.facts.boot_lines)
         errors = re.findall(r"^ssh-error (.*)$", text, re.M)
         if errors:
@@ -133,7 +133,11 @@ class Guest:
         host_key = pinned_host_key(m.group(1))
         write_known_hosts(ssh.known_hosts, ssh.port, host_key)
         self._start_pump()  # from here on a thread reads the console
-        client = connect(ssh.port, host_key, ssh.key, started + self.target.timeouts.boot)
+        try:
+            client = connect(ssh.port, host_key, ssh.key, time.monotonic() + self.target.timeouts.ssh)
+        except GuestError as exc:
+            exc.detail = self.tail()
+            raise
         self.facts.ssh_after = time.monotonic() - self.qemu.started_at
         self.transport = SshTransport(client, self.wait_barrier, self.tail, self.target.timeouts.command)
 

@@ -41,7 +41,7 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
         )
     for problem in record.problems:
         console.print(f"[red]problem:[/red] {problem}")
-    if record.console_tail:
+    if record.console_tail and record.console_tail.rstrip() not in record.error:  # said once
         console.print("console tail:\n" + record.console_tail, soft_wrap=True, markup=False)
     if record.error:
         console.print("error: " + record.error, soft_wrap=True, markup=False, style="magenta")

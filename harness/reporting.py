@@ -160,6 +160,7 @@ def cma_text(result: dict[str, Any]) -> str:
 def facts(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("target", str(result.get("target", "?"))),
+        ("transport", str(result.get("transport", "serial"))),
         ("kernel", kernel_text(result)),
         ("CMA reservation", cma_text(result)),
         ("driver", str(result.get("kmod", "?"))),

@@ -48,6 +48,7 @@ class RunRecord:
     target: str = ""
     scenario: str = ""
     kmod: str = ""
+    transport: str = "serial"
     kernel: dict[str, Any] = field(default_factory=dict)
     cma: dict[str, Any] = field(default_factory=dict)
     scenarios: list[dict[str, Any]] = field(default_factory=list)
@@ -213,6 +214,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         target=opts.target.name,
         scenario=",".join(s.name for s in opts.scenarios),
         kmod=str(opts.kmod),
+        transport=opts.transport,
         started=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     stage = Stages(record, on_stage)

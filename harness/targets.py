@@ -80,6 +80,7 @@ class Timeouts:
     boot: float  # QEMU start to shell prompt
     command: float  # default for one guest command
     shutdown: float  # poweroff to QEMU exit
+    ssh: float = 30.0  # shell prompt to an authenticated SSH session (transport ssh)
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ TIMEOUTS_SCHEMA = Schema(
         Field("boot", is_number, default=180.0),
         Field("command", is_number, default=60.0),
         Field("shutdown", is_number, default=20.0),
+        Field("ssh", is_number, default=30.0),
     ]
 )
 TARGET_SCHEMA = Schema(

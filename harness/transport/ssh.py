@@ -10,6 +10,7 @@ that command, as they are over serial.
 from __future__ import annotations
 
 import base64
+import logging
 import shlex
 import socket
 import time
@@ -73,8 +74,12 @@ def connect(port: int, host_key: Any, client_key: ClientKey, deadline: float) ->
     """A paramiko client, retried until the deadline while dropbear starts. Rejects any other host key."""
     import paramiko
 
+    # paramiko's transport thread logs every failed handshake with a traceback; with no handler
+    # configured, logging's last resort prints them on stderr. The error we raise says it once.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
     last: Exception | None = None
     while time.monotonic() < deadline:
+        wait = min(5.0, max(0.5, deadline - time.monotonic()))  # the last try ends near the deadline
         client = paramiko.SSHClient()
         client.get_host_keys().add(f"[127.0.0.1]:{port}", host_key.get_name(), host_key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())  # never trust an unknown key
@@ -86,9 +91,9 @@ def connect(port: int, host_key: Any, client_key: ClientKey, deadline: float) ->
                 pkey=client_key.key,
                 allow_agent=False,
                 look_for_keys=False,
-                timeout=5,
-                banner_timeout=5,
-                auth_timeout=5,
+                timeout=wait,
+                banner_timeout=wait,
+                auth_timeout=wait,
             )
             return client
         except paramiko.BadHostKeyException:
@@ -97,7 +102,7 @@ def connect(port: int, host_key: Any, client_key: ClientKey, deadline: float) ->
             last = exc
             client.close()
             time.sleep(0.02)
-    raise GuestError(f"SSH did not come up on 127.0.0.1:{port}: {last}")
+    raise GuestError(f"SSH did not come up on 127.0.0.1:{port} in time (timeouts.ssh): {last}")
 
 
 class SshTransport:

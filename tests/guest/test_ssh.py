@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import signal
 import socket
@@ -16,7 +17,6 @@ import paramiko
 import pytest
 
 pytestmark = pytest.mark.guest
-SOME = ["--scenario", "smoke", "--scenario", "bad-input", "--scenario", "multi-process"]
 
 
 def run_cli(out: Path, *args: str) -> tuple[int, str, dict]:
@@ -42,19 +42,47 @@ def outcome(result: dict) -> list[tuple]:
     return rows
 
 
-def test_scenarios_give_the_same_results_over_ssh_and_serial(tmp_path):
-    code_s, out_s, serial = run_cli(tmp_path / "serial", *SOME)
-    code_h, out_h, ssh = run_cli(tmp_path / "ssh", "--transport", "ssh", *SOME)
+@pytest.mark.parametrize("target", ["arm64-virt", "armv7-virt"])
+def test_the_whole_suite_gives_the_same_results_over_ssh_and_serial(tmp_path, target):
+    suite = ["--target", target, "--scenario", "configs/scenarios"]
+    code_s, out_s, serial = run_cli(tmp_path / "serial", *suite)
+    code_h, out_h, ssh = run_cli(tmp_path / "ssh", "--transport", "ssh", *suite)
     assert code_s == 0, out_s
     assert code_h == 0, out_h
+    assert len(ssh["scenarios"]) >= 8 and all(s["verdict"] == "pass" for s in ssh["scenarios"])
     assert outcome(ssh) == outcome(serial)
     assert ssh["kernel_events"] == []
+    assert (serial["transport"], ssh["transport"]) == ("serial", "ssh")
 
 
-def test_the_whole_suite_passes_over_ssh(tmp_path):
-    code, output, result = run_cli(tmp_path, "--transport", "ssh", "--scenario", "configs/scenarios")
-    assert code == 0, output
-    assert len(result["scenarios"]) >= 8 and all(s["verdict"] == "pass" for s in result["scenarios"])
+def test_a_guest_that_stops_answering_while_ssh_comes_up_is_reported_in_bounded_time(tmp_path):
+    # The guest freezes (its QEMU stopped) as soon as its shell is up, while the host is
+    # still making the SSH handshake, which can then never finish. timeouts.ssh bounds the wait.
+    text = Path("configs/targets/arm64-virt.yaml").read_text()
+    target = tmp_path / "frozen.yaml"
+    target.write_text(text.replace("timeouts:\n", "timeouts:\n  ssh: 8\n"))
+    out = tmp_path / "run"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--out", str(out), "--transport", "ssh",
+         "--target", str(target), "--scenario", "smoke"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    console, pidfile = out / "console.log", out / "qemu.pid"
+    while not (console.exists() and "@@ready" in console.read_text(errors="replace")):
+        assert proc.poll() is None and time.monotonic() - started < 120, "the guest never came up"
+        time.sleep(0.01)
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGSTOP)
+    output, _ = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 3, output  # infrastructure: the guest, not the driver
+    result = json.loads((out / "result.json").read_text())
+    assert result["verdict"] == "error"
+    assert re.search(r"SSH did not come up on 127\.0\.0\.1:\d+ in time \(timeouts\.ssh\)", result["error"])
+    assert "@@boot sshd-hostkey" in result["console_tail"] or "sshd-hostkey" in result["error"]
+    assert elapsed < 90, elapsed
+    assert not _alive(pid)
 
 
 def test_a_dropped_connection_is_reported_in_bounded_time(tmp_path):
