@@ -8,7 +8,10 @@ run:  `cma-harness run` (the CLI process, Python start-up included) with the
 Runs alternate (bare, run, bare, run, ...) so machine noise hits both alike;
 medians are reported, and the ratio of medians.
 
-    python benchmarks/cycle.py [--runs 5] [--target arm64-virt] [--scenario smoke]
+    python benchmarks/cycle.py [--runs 5] [--target arm64-virt [--target armv7-virt ...]] [--scenario smoke]
+
+With several targets, each gets its own floor (its own kernel and QEMU), and a
+Markdown table of all of them ends the output.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import guestinit, initramfs, paths
-from harness.images import DebianProvider, ImageCache
+from harness.images import DebianProvider, ImageCache, kernel_provider
 from harness.qemu import BootFiles, QemuProcess, qemu_command
 from harness.targets import resolve_target
 
@@ -52,37 +55,53 @@ def harness_run(target: str, scenario: str, out: Path) -> tuple[float, dict]:
     return wall, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--target", default="arm64-virt")
-    parser.add_argument("--scenario", default="smoke")
-    args = parser.parse_args()
-
-    target = resolve_target(args.target)
-    provider = DebianProvider(ImageCache(paths.cache_dir()))
-    kernel, busybox = provider.kernel(target), provider.busybox(target)
+def measure(name: str, scenario: str, runs: int) -> tuple[list[float], list[float], list[dict]]:
+    target = resolve_target(name)
+    cache = ImageCache(paths.cache_dir())
+    kernel = kernel_provider(target, cache).kernel(target)
+    busybox = DebianProvider(cache).busybox(target)
     with tempfile.TemporaryDirectory() as tmp:
         dummy = Path(tmp) / "empty"
         dummy.write_bytes(b"")
         files = initramfs.GuestFiles(busybox=busybox.busybox, cma_test=dummy, kmod=dummy)
         initrd = initramfs.cached_initramfs(Path(tmp), files, guestinit.BARE_INIT)
-        argv = qemu_command(target, BootFiles(kernel.image, initrd))
-        harness_run(args.target, args.scenario, Path(tmp) / "warmup")  # fill the caches
+        argv = qemu_command(target, BootFiles(kernel.image, initrd, kernel.dtb))
+        harness_run(name, scenario, Path(tmp) / "warmup")  # fill the caches
         bare, full, stages = [], [], []
-        for i in range(args.runs):
+        for i in range(runs):
             bare.append(bare_boot(argv))
-            wall, result = harness_run(args.target, args.scenario, Path(tmp) / f"run{i}")
+            wall, result = harness_run(name, scenario, Path(tmp) / f"run{i}")
             full.append(wall)
             stages.append(result["timings"])
-    med_bare, med_full = statistics.median(bare), statistics.median(full)
-    print(f"target {args.target}, scenario {args.scenario}, {args.runs} runs each, alternating")
-    print(f"bare boot-to-poweroff   median {med_bare:6.2f} s   {' '.join(f'{b:.2f}' for b in bare)}")
-    print(f"cma-harness run (warm)  median {med_full:6.2f} s   {' '.join(f'{f:.2f}' for f in full)}")
-    added = med_full - med_bare
-    print(f"ratio run/bare          {med_full / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
-    for stage in stages[0]:
-        print(f"  stage {stage:<15} median {statistics.median(s[stage] for s in stages):6.3f} s")
+    return bare, full, stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--target", action="append", help="default: arm64-virt")
+    parser.add_argument("--scenario", default="smoke")
+    args = parser.parse_args()
+    rows = []
+    for name in args.target or ["arm64-virt"]:
+        bare, full, stages = measure(name, args.scenario, args.runs)
+        med_bare, med_full = statistics.median(bare), statistics.median(full)
+        print(f"target {name}, scenario {args.scenario}, {args.runs} runs each, alternating")
+        print(f"bare boot-to-poweroff   median {med_bare:6.2f} s   {' '.join(f'{b:.2f}' for b in bare)}")
+        print(f"cma-harness run (warm)  median {med_full:6.2f} s   {' '.join(f'{f:.2f}' for f in full)}")
+        added = med_full - med_bare
+        print(f"ratio run/bare          {med_full / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
+        for stage in stages[0]:
+            print(f"  stage {stage:<15} median {statistics.median(s[stage] for s in stages):6.3f} s")
+        pre_boot = statistics.median(
+            sum(s.get(k, 0.0) for k in ("setup", "images", "build kmod", "build userland", "initramfs")) for s in stages
+        )
+        rows.append((name, med_bare, med_full, pre_boot))
+        print(flush=True)
+    print(f"| target | bare boot (floor) | warm `run --scenario {args.scenario}` | ratio | harness before boot |")
+    print("|---|---|---|---|---|")
+    for name, med_bare, med_full, pre_boot in rows:
+        print(f"| {name} | {med_bare:.2f} s | {med_full:.2f} s | {med_full / med_bare:.1f}x | {pre_boot:.3f} s |")
 
 
 if __name__ == "__main__":
