@@ -104,6 +104,10 @@ def test_a_dropped_connection_is_reported_in_bounded_time(tmp_path):
 # --- one guest left running by `cma-harness boot`, probed from outside ---------------------------
 
 
+# Tests sharing the one booted guest run in the same xdist worker (tox runs guest tests on 2).
+BOOTED_GUEST = pytest.mark.xdist_group("ssh-booted-guest")
+
+
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory):
     out = tmp_path_factory.mktemp("boot")
@@ -129,6 +133,7 @@ def booted(tmp_path_factory):
     assert not _alive(int((out / "qemu.pid").read_text()))
 
 
+@BOOTED_GUEST
 def test_the_stock_openssh_client_runs_a_command(booted):
     proc = subprocess.run(
         [*booted["ssh"], "-o", "BatchMode=yes", "cat /proc/sys/kernel/osrelease; ls /dev/cma_mem; cma_test total"],
@@ -138,6 +143,7 @@ def test_the_stock_openssh_client_runs_a_command(booted):
     assert "/dev/cma_mem" in proc.stdout and "op=total status=ok" in proc.stdout
 
 
+@BOOTED_GUEST
 def test_the_forwarded_port_listens_on_loopback_only(booted):
     port = booted["port"]
     listening = [
@@ -155,6 +161,7 @@ def test_the_forwarded_port_listens_on_loopback_only(booted):
             assert sock.connect_ex((address, port)) != 0, f"port {port} reachable on {address}"
 
 
+@BOOTED_GUEST
 def test_password_login_is_refused(booted):
     with socket.create_connection(("127.0.0.1", booted["port"]), timeout=10) as sock:
         transport = paramiko.Transport(sock)
@@ -168,6 +175,7 @@ def test_password_login_is_refused(booted):
             transport.close()
 
 
+@BOOTED_GUEST
 def test_a_changed_host_key_is_refused(booted, tmp_path):
     other = paramiko.Ed25519Key(data=base64.b64decode(_some_other_ed25519_key()))
     known = tmp_path / "known_hosts"

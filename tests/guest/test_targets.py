@@ -86,6 +86,10 @@ def fast_kernel() -> KernelImage:
     return SourceProvider(ImageCache(paths.cache_dir(), log=print)).kernel(target)
 
 
+# Tests sharing the kernel built elsewhere run in the same xdist worker: it is built once.
+ELSEWHERE_KERNEL = pytest.mark.xdist_group("elsewhere-kernel")
+
+
 @pytest.fixture(scope="module")
 def elsewhere(tmp_path_factory) -> Path:
     """A second arm64 kernel and build tree outside the harness cache, released as 6.1.x-elsewhere.
@@ -124,6 +128,7 @@ def local_target(tmp_path: Path, image: Path, kdir: Path) -> Path:
     return path
 
 
+@ELSEWHERE_KERNEL
 def test_smoke_passes_on_a_local_kernel_built_outside_the_cache(tmp_path, elsewhere):
     target = local_target(tmp_path, elsewhere / "arch/arm64/boot/Image", elsewhere)
     code, output, result = run_cli("--target", str(target), "--scenario", "smoke", out=tmp_path / "run")
@@ -133,6 +138,7 @@ def test_smoke_passes_on_a_local_kernel_built_outside_the_cache(tmp_path, elsewh
     assert result["kernel"]["release"] == kernel_release(elsewhere)
 
 
+@ELSEWHERE_KERNEL
 def test_vermagic_mismatch_is_a_config_error_before_boot(tmp_path, elsewhere):
     # The module is built against the fast tree; the image is the other kernel.
     fast = fast_kernel()
