@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from harness.cachelock import entry_lock, write_atomic
 from harness.errors import ConfigError, InfraError
 
 # Build products and editor litter never count as sources.
@@ -65,6 +66,13 @@ def build_kmod(src: Path, kdir: Path, make_arch: str, cross_compile: str, cache_
     product = out_dir / "cma_mem.ko"
     if product.exists():
         return product
+    with entry_lock(out_dir, what="building cma_mem.ko"):
+        if not product.exists():
+            _build_kmod(src, kdir, make_arch, cross_compile, out_dir, key)
+    return product
+
+
+def _build_kmod(src: Path, kdir: Path, make_arch: str, cross_compile: str, out_dir: Path, key: str) -> None:
     work = out_dir.with_name(key + ".work")
     if work.exists():
         shutil.rmtree(work)
@@ -74,10 +82,8 @@ def build_kmod(src: Path, kdir: Path, make_arch: str, cross_compile: str, cache_
     built = work / "cma_mem.ko"
     if not built.exists():
         raise InfraError(f"kernel module build in {src} produced no cma_mem.ko")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(built, product)
+    write_atomic(out_dir / "cma_mem.ko", built.read_bytes())
     shutil.rmtree(work)
-    return product
 
 
 def build_cma_test(src: Path, uapi_include: Path, cross_compile: str, cache_root: Path) -> Path:
@@ -86,9 +92,13 @@ def build_cma_test(src: Path, uapi_include: Path, cross_compile: str, cache_root
     product = cache_root / "build" / "cma_test" / key / "cma_test"
     if product.exists():
         return product
-    product.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["make", "-s", "-C", str(src), f"CROSS_COMPILE={cross_compile}", f"OUT={product}"]
-    _run_build(cmd, src, product.parent / "build.log", "cma_test build")
-    if not product.exists():
-        raise InfraError(f"cma_test build produced no {product}")
+    with entry_lock(product.parent, what="building cma_test"):
+        if not product.exists():
+            product.parent.mkdir(parents=True, exist_ok=True)
+            building = product.with_name("cma_test.building")  # renamed once whole
+            cmd = ["make", "-s", "-B", "-C", str(src), f"CROSS_COMPILE={cross_compile}", f"OUT={building}"]
+            _run_build(cmd, src, product.parent / "build.log", "cma_test build")
+            if not building.exists():
+                raise InfraError(f"cma_test build produced no {building}")
+            building.replace(product)
     return product

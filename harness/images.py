@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from harness import paths
+from harness.cachelock import entry_lock, write_atomic
 from harness.errors import ConfigError, InfraError
 from harness.targets import Target
 
@@ -85,9 +86,7 @@ def write_lock(sets: dict[str, list[LockedPackage]], path: Path | None = None) -
         "comment": "Resolved Debian packages (cma-harness images). Re-resolve with `cma-harness run --update`.",
         "sets": {key: [asdict(p) for p in sets[key]] for key in sorted(sets)},
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def kernel_set_key(target: Target) -> str:
@@ -195,7 +194,12 @@ class ImageCache:
         path = self.root / "debs" / pkg.deb_name
         if path.exists():
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with entry_lock(path, self.log, f"downloading {pkg.name}"):
+            if not path.exists():
+                self._download(pkg, path)
+        return path
+
+    def _download(self, pkg: LockedPackage, path: Path) -> None:
         self.log(f"downloading {pkg.name} {pkg.version} ({pkg.arch})")
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             spec = f"{pkg.name}:{pkg.arch}={pkg.version}"
@@ -214,7 +218,6 @@ class ImageCache:
                     hint="re-resolve with `cma-harness run --update` if the archive changed",
                 )
             downloaded.replace(path)
-        return path
 
     def extracted(self, pkg: LockedPackage) -> Path:
         """The package's files, extracted once; the stamp ties the tree to the locked sha256."""
@@ -222,10 +225,12 @@ class ImageCache:
         if _stamp_ok(tree, pkg.sha256):
             return tree
         deb = self.deb(pkg)
-        self.log(f"extracting {deb.name}")
-        _fresh_dir(tree)
-        _dpkg_extract(deb, tree)
-        (tree / STAMP).write_text(pkg.sha256 + "\n")
+        with entry_lock(tree, self.log, f"extracting {deb.name}"):
+            if not _stamp_ok(tree, pkg.sha256):
+                self.log(f"extracting {deb.name}")
+                _fresh_dir(tree)
+                _dpkg_extract(deb, tree)
+                (tree / STAMP).write_text(pkg.sha256 + "\n")
         return tree
 
     def kbuild_tree(self, headers: LockedPackage, common: LockedPackage, kbuild: LockedPackage) -> Path:
@@ -240,8 +245,14 @@ class ImageCache:
         kdir = root / "usr" / "src" / headers.name
         if _stamp_ok(root, key):
             return kdir
+        with entry_lock(root, self.log, "making the kernel build tree"):
+            if not _stamp_ok(root, key):
+                self._make_kbuild_tree(root, kdir, key, (headers, common, kbuild))
+        return kdir
+
+    def _make_kbuild_tree(self, root: Path, kdir: Path, key: str, packages: tuple[LockedPackage, ...]) -> None:
         _fresh_dir(root)
-        for pkg in (headers, common, kbuild):
+        for pkg in packages:
             self.log(f"extracting {pkg.name} into the build tree")
             _dpkg_extract(self.deb(pkg), root)
         makefile = kdir / "Makefile"
@@ -251,7 +262,6 @@ class ImageCache:
             raise InfraError(f"{makefile}: no /usr/src path to relocate; Debian's layout changed?")
         makefile.write_text(fixed)
         (root / STAMP).write_text(key + "\n")
-        return kdir
 
 
 def _stamp_ok(tree: Path, expected: str) -> bool:
@@ -295,10 +305,14 @@ class DebianProvider:
             return lock[key]
         self.cache.log(f"resolving {key} with apt-cache")
         resolved = resolve()
-        if lock.get(key) != resolved:
-            lock[key] = resolved
-            write_lock(lock, self.lock_file)
-            self.cache.log(f"{self.lock_file.name}: {key} -> " + ", ".join(f"{p.name} {p.version}" for p in resolved))
+        # Read-modify-write of the lock file: one run at a time, or one run's new set is lost.
+        with entry_lock(self.cache.root / "lock-file-update", self.cache.log, "updating the lock file"):
+            lock = read_lock(self.lock_file)
+            if lock.get(key) != resolved:
+                lock[key] = resolved
+                write_lock(lock, self.lock_file)
+                packages = ", ".join(f"{p.name} {p.version}" for p in resolved)
+                self.cache.log(f"{self.lock_file.name}: {key} -> {packages}")
         return resolved
 
     def kernel(self, target: Target) -> KernelImage:

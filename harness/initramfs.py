@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import guestinit
+from harness.cachelock import entry_lock, write_atomic
 
 NEWC_MAGIC = b"070701"
 
@@ -172,8 +173,7 @@ def cached_initramfs(cache_root: Path, files: GuestFiles, init_script: str) -> P
     out = cache_root / "initramfs" / f"{digest.hexdigest()[:20]}.cpio"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(build_archive(files, init_script).to_bytes())
-    tmp.replace(out)
+    with entry_lock(out, what="writing the initramfs"):
+        if not out.exists():
+            write_atomic(out, build_archive(files, init_script).to_bytes())
     return out

@@ -16,18 +16,18 @@ every ~20 s; a failed build raises InfraError with the log's last lines.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from harness import hosttools
+from harness.cachelock import entry_lock
 from harness.errors import ConfigError, InfraError, MissingHostTools
 from harness.images import STAMP, DebianProvider, ImageCache, KernelImage, LockedPackage, apt_show
 from harness.kernels import kconfig
@@ -103,22 +103,6 @@ def toolchain_identity(cross_compile: str) -> str:
     return "|".join(parts)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, log: Callable[[str], None], what: str) -> Iterator[None]:
-    """One builder per cache entry: a second run waits for the first instead of racing it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another cma-harness to finish {what}")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _stamp_ok(tree: Path, expected: str) -> bool:
     try:
         return (tree / STAMP).read_text().strip() == expected
@@ -154,7 +138,7 @@ class SourceProvider(DebianProvider):
         root = self.cache.root / "src" / f"{pkg.name}_{pkg.sha256[:16]}"
         if _stamp_ok(root, pkg.sha256):
             return self._top_dir(root)
-        with _file_lock(root.with_name(root.name + ".lock"), self.cache.log, f"unpacking {pkg.name}"):
+        with entry_lock(root, self.cache.log, f"unpacking {pkg.name}"):
             if _stamp_ok(root, pkg.sha256):
                 return self._top_dir(root)
             tarballs = sorted((self.cache.extracted(pkg) / "usr" / "src").glob("linux-source-*.tar.*"))
@@ -197,7 +181,7 @@ class SourceProvider(DebianProvider):
         build = root / "build"
         image = build / "arch" / k.make_arch / "boot" / k.image_target
         if not (_stamp_ok(root, key) and image.is_file()):
-            with _file_lock(root.with_name(root.name + ".lock"), self.cache.log, f"building the {k.flavour} kernel"):
+            with entry_lock(root, self.cache.log, f"building the {k.flavour} kernel"):
                 if not (_stamp_ok(root, key) and image.is_file()):
                     src = self.source_tree(pkg)
                     build_kernel(src, root, merged, target, jobs=self.jobs, log=self.cache.log)

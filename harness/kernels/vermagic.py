@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.cachelock import write_atomic
 from harness.errors import ConfigError, InfraError
 
 BANNER = re.compile(rb"Linux version (\S+) \([^\0\n]*")
@@ -146,8 +147,7 @@ def cached_image_facts(image: Path, cache_root: Path) -> ImageFacts:
     except (OSError, ValueError, KeyError):
         pass
     facts = image_facts(image.read_bytes())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(facts.__dict__))
+    write_atomic(path, json.dumps(facts.__dict__).encode())
     return facts
 
 
