@@ -569,21 +569,23 @@ err_unlock:
 	return ret;
 }
 
-static long cma_mem_ioc_unmap(struct file *file,
-			      struct cma_mem_block __user *uarg)
+/*
+ * Copy a by-name request in and find the caller's block: -EFAULT, -EINVAL
+ * (bad name), -ENOENT (no such block in this file), -EPERM (not the owner).
+ * On success returns 0 with cma_mem_lock held.
+ */
+static int cma_mem_lookup(struct file *file, struct cma_mem_block __user *uarg,
+			  struct cma_mem_block *ub, struct cma_mem_buf **out)
 {
-	struct cma_mem_file *cf = file->private_data;
-	struct cma_mem_block ub;
 	struct cma_mem_buf *buf;
-	unsigned long addr;
 
-	if (copy_from_user(&ub, uarg, sizeof(ub)))
+	if (copy_from_user(ub, uarg, sizeof(*ub)))
 		return -EFAULT;
-	if (cma_mem_check_name(&ub))
+	if (cma_mem_check_name(ub))
 		return -EINVAL;
 
 	mutex_lock(&cma_mem_lock);
-	buf = cma_mem_find_name(cf, ub.name);
+	buf = cma_mem_find_name(file->private_data, ub->name);
 	if (!buf) {
 		mutex_unlock(&cma_mem_lock);
 		return -ENOENT;
@@ -592,6 +594,21 @@ static long cma_mem_ioc_unmap(struct file *file,
 		mutex_unlock(&cma_mem_lock);
 		return -EPERM;
 	}
+	*out = buf;
+	return 0;
+}
+
+static long cma_mem_ioc_unmap(struct file *file,
+			      struct cma_mem_block __user *uarg)
+{
+	struct cma_mem_block ub;
+	struct cma_mem_buf *buf;
+	unsigned long addr;
+	int ret;
+
+	ret = cma_mem_lookup(file, uarg, &ub, &buf);
+	if (ret)
+		return ret;
 	list_del_init(&buf->file_node);	/* we now hold the list's reference */
 	addr = buf->user_addr;
 	buf->user_addr = 0;
@@ -608,25 +625,13 @@ static long cma_mem_ioc_unmap(struct file *file,
 static long cma_mem_ioc_query(struct file *file, unsigned int cmd,
 			      struct cma_mem_block __user *uarg)
 {
-	struct cma_mem_file *cf = file->private_data;
 	struct cma_mem_block ub;
 	struct cma_mem_buf *buf;
+	int ret;
 
-	if (copy_from_user(&ub, uarg, sizeof(ub)))
-		return -EFAULT;
-	if (cma_mem_check_name(&ub))
-		return -EINVAL;
-
-	mutex_lock(&cma_mem_lock);
-	buf = cma_mem_find_name(cf, ub.name);
-	if (!buf) {
-		mutex_unlock(&cma_mem_lock);
-		return -ENOENT;
-	}
-	if (!cma_mem_is_owner(buf)) {
-		mutex_unlock(&cma_mem_lock);
-		return -EPERM;
-	}
+	ret = cma_mem_lookup(file, uarg, &ub, &buf);
+	if (ret)
+		return ret;
 	cma_mem_to_uapi(buf, &ub);
 	mutex_unlock(&cma_mem_lock);
 

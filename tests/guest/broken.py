@@ -79,10 +79,8 @@ VARIANTS = [
         "bad-input",
         (
             (
-                "\t\treturn -ENOENT;\n\t}\n\tif (!cma_mem_is_owner(buf)) {\n\t\tmutex_unlock(&cma_mem_lock);\n"
-                "\t\treturn -EPERM;\n\t}\n" + FREE_PATH,
-                "\t\treturn 0;\n\t}\n\tif (!cma_mem_is_owner(buf)) {\n\t\tmutex_unlock(&cma_mem_lock);\n"
-                "\t\treturn -EPERM;\n\t}\n" + FREE_PATH,
+                "\tif (ret)\n\t\treturn ret;\n" + FREE_PATH,
+                "\tif (ret)\n\t\treturn ret == -ENOENT ? 0 : ret;\n" + FREE_PATH,
             ),
         ),
         r"op=free status=fail errno=0 expect=ENOENT",
