@@ -23,9 +23,30 @@ def _parser() -> argparse.ArgumentParser:
     def add_cache(p: argparse.ArgumentParser) -> None:
         p.add_argument("--cache-dir", help="artifact cache (default $CMA_HARNESS_CACHE or ~/.cache/cma-harness)")
 
-    p = sub.add_parser("setup", help="check host tools; install missing ones (root on Debian)")
-    p.add_argument("--target", default="arm64-virt", help="target name or YAML path (default arm64-virt)")
+    p = sub.add_parser(
+        "setup", help="check host packages and prove the toolchains link; install what is missing (root on Debian)"
+    )
+    p.add_argument(
+        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
+    )
+    p.add_argument(
+        "--with",
+        dest="extras",
+        default="",
+        help="comma list of optional extras to install too: browser (report test), ssh-client (stock ssh login)",
+    )
     p.add_argument("--check", action="store_true", help="only check; print the fix and exit 3 if anything is missing")
+
+    p = sub.add_parser(
+        "prepare", help="fetch, build and cache everything a run needs (kernels included), without booting"
+    )
+    p.add_argument(
+        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
+    )
+    p.add_argument("--kmod", help="driver source folder (default: the project's kmod/)")
+    p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="ssh also prepares dropbear")
+    p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
+    add_cache(p)
 
     p = sub.add_parser("run", help="build, boot, run a scenario, report a verdict")
     p.add_argument(
@@ -67,17 +88,45 @@ def _console():  # type: ignore[no-untyped-def]
 
 def cmd_setup(args: argparse.Namespace) -> int:
     from harness import hosttools
-    from harness.targets import resolve_target
 
-    target = resolve_target(args.target)
-    status = hosttools.check([target])
-    if status.ok:
-        print("host tools: all present")
-        return 0
-    if args.check:
-        raise hosttools.MissingHostTools(hosttools._describe(status), hint="\n  ".join(hosttools.fix_commands(status)))
-    hosttools.ensure([target], install=True)
-    print("host tools: installed")
+    targets = _targets(args.target)
+    extras = [e.strip() for e in args.extras.split(",") if e.strip()]
+    status = hosttools.check(targets, extras)
+    names = ", ".join(t.name for t in targets)
+    if not status.ok:
+        if args.check:
+            raise hosttools.MissingHostTools(
+                hosttools.describe(status), hint="\n  ".join(hosttools.fix_commands(status))
+            )
+        hosttools.ensure(targets, install=True, extras=extras)
+    for probe in hosttools.prove_toolchains(targets):
+        print(f"toolchain ok: {probe.compiler} ({'static link' if probe.link else 'compile'}: {probe.why})")
+    packages = len(hosttools.requirements(targets, extras))
+    print(f"host packages: {'all present' if status.ok else 'installed'} ({packages} for {names})")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Everything before boot, for each target: what CI runs once before tests that share the cache."""
+    import time
+
+    from harness import paths
+    from harness.session import RunOptions, default_run_dir, prepare
+
+    kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
+    for target in _targets(args.target):
+        started = time.monotonic()
+        opts = RunOptions(
+            target=target,
+            scenarios=[],
+            kmod=kmod,
+            out=default_run_dir(),
+            cache=paths.cache_dir(args.cache_dir),
+            install=not args.no_install,
+            transport=args.transport,
+        )
+        boot = prepare(opts, log=lambda msg: print(f"  {msg}", flush=True))
+        print(f"prepared {target.name}: {boot.kernel} ({time.monotonic() - started:.1f} s)", flush=True)
     return 0
 
 
@@ -183,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "boot":
             return cmd_boot(args)
+        if args.command == "prepare":
+            return cmd_prepare(args)
         if args.command in ("report", "compare"):
             from harness.cli_reports import cmd_compare, cmd_report
 

@@ -25,6 +25,7 @@ from typing import Protocol
 from harness import paths
 from harness.cachelock import entry_lock, write_atomic
 from harness.errors import ConfigError, InfraError
+from harness.hostreq import Requirement
 from harness.targets import Target
 
 LOCK_NAME = "debian.lock.json"
@@ -292,6 +293,13 @@ def _last_line(text: str) -> str:
 
 
 class DebianProvider:
+    # The linux-kbuild host programs (fixdep, modpost) are extracted, not installed, so
+    # nothing pulls in the libraries they are linked against: the provider declares them.
+    HOST_PACKAGES: tuple[Requirement, ...] = (
+        Requirement("libelf1", "run the extracted linux-kbuild host programs (modpost)"),
+        Requirement("libssl3", "run the extracted linux-kbuild host programs (sign-file)"),
+    )
+
     """Kernel (image, modules, build tree) and busybox for a target, from Debian packages."""
 
     def __init__(self, cache: ImageCache, *, update: bool = False, lock_file: Path | None = None) -> None:
@@ -342,6 +350,22 @@ class DebianProvider:
 
 class KernelProvider(Protocol):
     def kernel(self, target: Target) -> KernelImage: ...
+
+
+def provider_requirements(target: Target) -> tuple[Requirement, ...]:
+    """The host packages the target's kernel provider declares it needs."""
+    provider = target.kernel.provider
+    if provider == "debian":
+        return DebianProvider.HOST_PACKAGES
+    if provider == "source":
+        from harness.kernels.source import SourceProvider  # lazy: imports this module
+
+        return SourceProvider.HOST_PACKAGES
+    if provider == "local":
+        from harness.kernels.local import LocalProvider
+
+        return LocalProvider.HOST_PACKAGES
+    raise ConfigError(f"{target.path}: unknown kernel provider '{provider}'")
 
 
 def kernel_provider(

@@ -107,7 +107,7 @@ RESET_COMMAND = (
 def _prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[str], None]) -> BootFiles:
     """Host tools, images, builds and the initramfs: everything before QEMU starts."""
     with stage("setup"):
-        hosttools.ensure([opts.target], install=opts.install, log=log)
+        hosttools.ensure([opts.target], install=opts.install, log=log, cache=opts.cache)
     with stage("images"):
         cache = ImageCache(opts.cache, log=log)
         provider = DebianProvider(cache, update=opts.update)
@@ -139,6 +139,15 @@ def _prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[
             extra_init = guestinit.ssh_init([m.stem for m in ssh.modules])
         initrd = initramfs.cached_initramfs(opts.cache, files, guestinit.init_script(extra_init))
     return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
+
+
+def prepare(opts: RunOptions, log: Callable[[str], None] = print) -> BootFiles:
+    """Everything a run does before QEMU starts (host packages, images, builds, initramfs), cached.
+
+    For `cma-harness prepare` and CI: kernels are built once, before the tests that share them.
+    """
+    record = RunRecord(target=opts.target.name)
+    return _prepare(opts, Stages(record, lambda name, event, seconds: None), record, log)
 
 
 def _boot(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunRecord) -> Guest:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness import paths
 from harness.errors import ConfigError
+from harness.hostreq import Requirement, cross_gcc_package
 from harness.yamlconf import (
     Field,
     LocatedDict,
@@ -26,6 +27,10 @@ from harness.yamlconf import (
     validate,
 )
 
+# The C library each userland architecture's static cma_test links against (Debian's cross
+# packages). A target naming an architecture missing here is refused when it is loaded.
+USERLAND_LIBC = {"arm64": "libc6-dev-arm64-cross", "armhf": "libc6-dev-armhf-cross"}
+
 
 @dataclass(frozen=True)
 class QemuConfig:
@@ -36,6 +41,9 @@ class QemuConfig:
     memory_mib: int
     extra_args: list[str] = field(default_factory=list)
     package: str = "qemu-system-arm"  # the Debian package that provides `binary`
+
+    def requirements(self, target: str) -> tuple[Requirement, ...]:
+        return (Requirement(self.package, f"boot the {target} guest ({self.binary})"),)
 
 
 @dataclass(frozen=True)
@@ -68,11 +76,25 @@ class KernelConfig:
     # "file:line" of each key, for errors found after loading (a local image that is missing)
     where: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
+    def toolchain_requirements(self, target: str) -> tuple[Requirement, ...]:
+        # The kernel and its modules need no C library: the cross compiler alone.
+        return (Requirement(cross_gcc_package(self.cross_compile), f"build kernel code for {target}"),)
+
 
 @dataclass(frozen=True)
 class UserlandConfig:
     deb_arch: str  # Debian architecture of busybox-static and of cma_test
     cross_compile: str
+
+    @property
+    def libc_package(self) -> str:
+        return USERLAND_LIBC[self.deb_arch]
+
+    def requirements(self, target: str) -> tuple[Requirement, ...]:
+        return (
+            Requirement(cross_gcc_package(self.cross_compile), f"build cma_test for {target}"),
+            Requirement(self.libc_package, f"link the static {self.deb_arch} cma_test for {target}"),
+        )
 
 
 @dataclass(frozen=True)
@@ -224,7 +246,7 @@ def _subset(mapping: LocatedDict, *keys: str) -> LocatedDict:
 
 USERLAND_SCHEMA = Schema(
     [
-        Field("deb_arch", one_of("arm64", "armhf"), required=True),
+        Field("deb_arch", one_of(*USERLAND_LIBC), required=True),
         Field("cross_compile", is_str, required=True),
     ]
 )

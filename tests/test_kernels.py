@@ -246,13 +246,6 @@ def test_kernel_provider_follows_the_target(tmp_path):
     assert type(kernel_provider(load_target(TARGETS / "arm64-fast.yaml"), cache)) is SourceProvider
 
 
-def test_missing_build_tools_names_packages():
-    assert source.missing_build_tools(lambda cmd: None if cmd in ("flex", "bc") else "/usr/bin/" + cmd) == [
-        "bc",
-        "flex",
-    ]
-
-
 def test_failed_build_step_reports_the_log_tail(tmp_path):
     log = tmp_path / "build.log"
     with log.open("w") as out, pytest.raises(InfraError, match="failed \\(make exit 3\\)") as info:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.hostreq import Requirement
 from harness.images import KernelImage
 from harness.targets import Target
 
@@ -23,6 +24,9 @@ def _where(target: Target, key: str) -> str:
 
 
 class LocalProvider:
+    # The user's build tree brings its own host programs (built with it): nothing beyond the base.
+    HOST_PACKAGES: tuple[Requirement, ...] = ()
+
     def kernel(self, target: Target) -> KernelImage:
         k = target.kernel
         if k.provider != "local" or k.image is None or k.kdir is None:

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from harness import hosttools
 from harness.cachelock import entry_lock
 from harness.errors import ConfigError, InfraError, MissingHostTools
+from harness.hostreq import Requirement
 from harness.images import STAMP, DebianProvider, ImageCache, KernelImage, LockedPackage, apt_show
 from harness.kernels import kconfig
 from harness.targets import Target
@@ -37,56 +37,11 @@ from harness.targets import Target
 RECIPE = "source-1"
 PROGRESS_EVERY = 20.0  # seconds between progress lines
 
-# Host tools a kernel build needs beyond the cross compiler: command (or file) -> Debian package.
-BUILD_TOOLS = {
-    "make": "make",
-    "gcc": "gcc",
-    "flex": "flex",
-    "bison": "bison",
-    "bc": "bc",
-    "perl": "perl",
-    "xz": "xz-utils",
-    "tar": "tar",
-}
-BUILD_FILES = {"/usr/include/stdio.h": "libc6-dev"}
-
 _OBJECT_LINE = re.compile(r"^\s+(CC|AS)\s+(\[M\]\s+)?\S+\.o$")
 
 
 def source_set_key(target: Target) -> str:
     return f"kernel/source/{target.kernel.source_package}"
-
-
-def missing_build_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
-    """Debian packages missing for a kernel build (sorted, unique)."""
-    missing = {pkg for cmd, pkg in BUILD_TOOLS.items() if which(cmd) is None}
-    missing |= {pkg for path, pkg in BUILD_FILES.items() if not Path(path).exists()}
-    return sorted(missing)
-
-
-def ensure_build_tools(target: Target, *, install: bool, log: Callable[[str], None]) -> None:
-    packages = missing_build_tools()
-    if not packages:
-        return
-    command = "apt-get install -y --no-install-recommends " + " ".join(packages)
-    if not (install and hosttools.can_install()):
-        raise MissingHostTools(
-            f"building the {target.name} kernel needs host packages: {', '.join(packages)}",
-            hint=f"run as root: {command}",
-        )
-    log(f"installing kernel build tools: {' '.join(packages)}")
-    proc = subprocess.run(
-        ["apt-get", *hosttools.APT_LOCK_WAIT, "install", "-y", "--no-install-recommends", *packages],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **hosttools.APT_ENV},
-    )
-    if proc.returncode != 0 or missing_build_tools():
-        raise MissingHostTools(
-            f"could not install kernel build tools ({' '.join(packages)})",
-            hint=command,
-            detail="\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:]),
-        )
 
 
 def toolchain_identity(cross_compile: str) -> str:
@@ -112,6 +67,23 @@ def _stamp_ok(tree: Path, expected: str) -> bool:
 
 class SourceProvider(DebianProvider):
     """Kernels built from Debian's linux-source package (busybox still comes from Debian packages)."""
+
+    # A kernel build's host side (Documentation/process/changes.rst): the host compiler and
+    # C library for scripts/ and tools, the parser generators, and the libraries that
+    # options a user's fragment may turn on (module signing, BTF, objtool) link against.
+    HOST_PACKAGES: tuple[Requirement, ...] = (
+        Requirement("gcc", "compile the kernel's host programs (scripts/)"),
+        Requirement("libc6-dev", "link the kernel's host programs"),
+        Requirement("make", "run kbuild"),
+        Requirement("flex", "generate the Kconfig and dtc lexers"),
+        Requirement("bison", "generate the Kconfig and dtc parsers"),
+        Requirement("bc", "compute kernel/time constants at build time"),
+        Requirement("perl", "run the kernel's build scripts"),
+        Requirement("xz-utils", "unpack the linux-source tarball"),
+        Requirement("tar", "unpack the linux-source tarball"),
+        Requirement("libssl-dev", "build sign-file and extract-cert when a config signs modules"),
+        Requirement("libelf-dev", "build objtool and resolve_btfids when a config asks for them"),
+    )
 
     def __init__(
         self,
@@ -174,7 +146,6 @@ class SourceProvider(DebianProvider):
         if k.provider != "source":
             raise ConfigError(f"{target.path}: kernel provider is {k.provider}, not source")
         merged = kconfig.merge_files(k.configs)
-        ensure_build_tools(target, install=self.install, log=self.cache.log)
         pkg = self.source_package(target)
         key = kconfig.cache_key(pkg.sha256, merged, k.make_arch, toolchain_identity(k.cross_compile), RECIPE)
         root = self.cache.root / "kernels" / f"{k.flavour}-{k.make_arch}-{key[:16]}"
