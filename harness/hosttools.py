@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +28,7 @@ APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # apt/dpkg locks held by another apt run: wait for them instead of failing at once.
 APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=300"]
 DPKG_STATUS = Path("/var/lib/dpkg/status")
+_APT_SUMMARY = re.compile(r"^\d+ upgraded, \d+ newly installed|^Need to get |^After this operation")
 # A program every C toolchain must compile and link; stdio.h and a static libc are what broke before.
 PROBE_SOURCE = '#include <stdio.h>\nint main(void) { return puts("") < 0; }\n'
 
@@ -163,7 +165,9 @@ def ensure(
         packages = sorted({r.package for r in status.missing})
         if packages:
             log("installing " + " ".join(packages))
-            _run(["apt-get", *APT_LOCK_WAIT, "install", "-y", "--no-install-recommends", *packages])
+            out = _run(["apt-get", *APT_LOCK_WAIT, "install", "-y", "--no-install-recommends", *packages])
+            # apt's own summary ("N newly installed", "Need to get X MB"): what this set-up cost.
+            log("; ".join(line.strip() for line in out.splitlines() if _APT_SUMMARY.match(line)))
         after = check(targets, extras)
         if not after.ok:
             raise MissingHostTools(describe(after), hint="\n  ".join(fix_commands(after)))
@@ -275,8 +279,9 @@ def _last_error(stderr: str) -> str:
     return lines[-1] if lines else "?"
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **APT_ENV})
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise MissingHostTools(f"command failed ({proc.returncode}): {' '.join(cmd)}", detail=tail)
+    return proc.stdout
