@@ -93,7 +93,7 @@ def test_real_warn_from_a_broken_driver(fixture_text):
 def test_real_oops_from_a_broken_driver(fixture_text):
     [event] = find_faults(fixture_text("console-arm64-oops-in-driver.log").splitlines())
     assert event.kind == "oops"
-    assert event.title == "Unable to handle kernel NULL pointer dereference in cma_mem_ioctl"
+    assert event.title == "BUG: unable to handle kernel NULL pointer dereference in cma_mem_ioctl"  # syzkaller
     assert any(line.startswith("Internal error: Oops") for line in event.report)
     assert event.report[-1].startswith("---[ end trace")
 
