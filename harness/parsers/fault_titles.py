@@ -45,7 +45,10 @@ RIP = rx(
     r"(?:IP|NIP|pc |PC is at):? (?:(?:\d+:)?(?:@PC@ +){0,2}@FN@|(?:\d+:)?0x[0-9a-f]+"
     r"|(?:\d+:)?@PC@ +\[< *\(null\)>\] +\(null\)|\d+: +\(null\))"
 )
-CALL_TRACE = rx(r"Call [Tt]race:|Backtrace:")
+# arm since Linux 5.19 prints frames as "caller [module] from callee+0x../0x..", with no heading.
+_ARM_FROM = r"^ *([A-Za-z0-9_]+)[\w.]*(?: \[\w+\])? from @FN@"
+CALL_TRACE = rx(r"Call [Tt]race:|Backtrace:|" + _ARM_FROM)
+ARM_FROM = rx(_ARM_FROM, re.M)
 # Lines after which a stack trace follows (and which end the one before).
 STACK_STARTS: tuple[re.Pattern[str], ...] = (
     rx(r"Call [Tt]race"),
@@ -63,6 +66,7 @@ ALL_STACK_STARTS = (*STACK_STARTS, RISCV_STACK)
 FRAME_LINES: tuple[re.Pattern[str], ...] = (
     rx(r"^ *(?:@PC@ ){0,2}@FN@"),  # " [<..>] f+0x1/0x2" or " f+0x1/0x2"
     rx(r"^ *@PC@ \(([A-Za-z0-9_.]+)\) from @PC@ \(@FN@"),  # arm: "[<..>] (f) from [<..>] (g+0x..)"
+    rx(_ARM_FROM),  # arm since 5.19: "f [mod] from g+0x../0x.."
 )
 # A fault-injection stack mixed into a report makes it unreliable.
 INJECTED = rx(r"^(?: @PC@)? should_fail(?:slab)?(?:\.[a-z0-9.]+)?\+0x")
@@ -76,7 +80,7 @@ _HELPER_FRAMES = [
     r"print_address_description|__phys_addr|__fortify_report",
     # reporting and traps
     r"panic|invalid_op|report_bug|fixup_bug|print_report|print_usage_bug|do_error|_trap$|do_trap",
-    r"show_stack|dump_stack|walk_stack|dump_backtrace|warn_slowpath|warn_alloc|warn_bogus|__warn",
+    r"unwind_backtrace|show_stack|dump_stack|walk_stack|dump_backtrace|warn_slowpath|warn_alloc|warn_bogus|__warn",
     r"print_tainted|^get_taint$|assertfail|hex_dump_to_buffer|print_hex_dump",
     r"program_check_exception|program_check_common|stack_trace_consume_entry|arch_stack_walk|stack_trace_save",
     # arm64 fault entry
@@ -728,6 +732,8 @@ def _missing_stack(text: str) -> str:
                 break
         if missing and start is not RISCV_STACK:
             return "no frames in a stack trace"
+    if not seen_frame and ARM_FROM.search(text):
+        seen_frame = True  # arm's headless "f from g+0x.." stack
     return "" if seen_frame else "no stack trace in report"
 
 

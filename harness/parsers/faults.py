@@ -28,6 +28,7 @@ _NMI_BACKTRACE = "Sending NMI from CPU"
 # Reports of their own kind that are no fault but break the report they land in.
 _INTRUDERS = ("vmalloc: allocation failure:", "FAULT_INJECTION: forcing a failure", "FAULT_FLAG_ALLOW_RETRY missing")
 _REPLAYED = "** replaying previous printk message **"
+_REBOOT = "Booting the kernel."
 MAX_REPORT_LINES = 400
 MAX_OPEN = 8  # reports being read at once (one per printk caller)
 # Past this many lines, a report has said what it had to: a panic_on_warn panic, or the lockdep
@@ -124,7 +125,7 @@ class FaultDetector:
 
     def __init__(self) -> None:
         self.events: list[KernelEvent] = []
-        self._open: dict[str, _Reading] = {}
+        self._open: list[_Reading] = []  # oldest first
         self._seq = 0
         self._order: dict[int, int] = {}  # id(event) -> its first line's number
         self._stamped = False
@@ -140,62 +141,51 @@ class FaultDetector:
     def _feed_one(self, line: str, step: str) -> None:
         self._seq += 1
         context, text = parse_line(line)
+        header = header_of(line)
         if context:
             self._stamped = True
-        elif self._stamped:
-            return  # user space talking on the console
+        elif self._stamped and not (header is not None and header.needle == _REBOOT):
+            return  # user space talking on the console (a reboot's first words have no stamp yet)
         if _REPLAYED in line:
             self._drop_replayed()
             return
-        owner = self._owner(context)
-        header = header_of(line)
-        if header is not None and header.needle == "Booting the kernel." and not self._kernel_seen:
+        if header is not None and header.needle == _REBOOT and not self._kernel_seen:
             header = None  # the first boot, not a reboot
         self._kernel_seen = True
-        if (
-            header is not None
-            and owner is not None
-            and any(s in line for s in CONTINUES_REPORT)
-            and (not owner.ended or "Kernel panic - not syncing" in line)
-        ):
-            header = None  # part of the report being read (an oops's "Internal error", its panic)
-            owner.ended = False
-        if header is KMEMLEAK and owner is not None and owner.header is not KMEMLEAK and owner.event.kind == "kmemleak":
-            header = None  # the objects of a "BUG: memory leak" report
+        readers = [r for r in self._open if r.context == context or (r.nmi and context.startswith("C"))]
+        panic = "Kernel panic - not syncing" in line
+        if header is not None and readers:
+            if any(s in line for s in CONTINUES_REPORT) and any(panic or not r.ended for r in readers):
+                header = None  # part of the report being read (an oops's "Internal error", its panic)
+            elif header is KMEMLEAK and any(r.event.kind == "kmemleak" and r.header is not KMEMLEAK for r in readers):
+                header = None  # the objects of a "BUG: memory leak" report
+        for reading in readers:
+            if reading.ended and not (panic and header is None):
+                self._close(reading)
+            elif header is not None and reading.context in ("", "console"):
+                self._close(reading)  # one console, one report at a time
+            else:
+                # A printk caller's report goes on until it ends, whatever it runs into (as syzkaller reads it).
+                reading.ended = False
+                self._append(reading, context, text)
         if header is not None:
-            if owner is not None and owner.context == context:
-                self._close(owner)
             self._start(header, context, text, step)
-            return
-        if owner is None:
-            return
-        if owner.ended:
-            self._close(owner)
-            return
-        self._append(owner, context, text)
-
-    def _owner(self, context: str) -> _Reading | None:
-        reading = self._open.get(context)
-        if reading is None and context.startswith("C"):
-            reading = next((r for r in self._open.values() if r.nmi), None)
-        return reading
 
     def _start(self, header: Header, context: str, text: str, step: str) -> None:
         event = KernelEvent(kind=header.kind_of(text), title="", first_line=text, report=[text], step=step)
         self._order[id(event)] = self._seq
-        self._open[context] = _Reading(event, header, context, self._seq)
+        self._open.append(_Reading(event, header, context, self._seq))
         if len(self._open) > MAX_OPEN:
-            self._close(min(self._open.values(), key=lambda r: r.seq))
+            self._close(self._open[0])
 
     def _drop_replayed(self) -> None:
         # The line before was an old message printed again: not a new report.
-        newest = max(self._open.values(), key=lambda r: r.seq, default=None)
-        if newest is not None and len(newest.event.report) == 1 and newest.seq == self._seq - 1:
-            del self._open[newest.context]
+        if self._open and len(self._open[-1].event.report) == 1 and self._open[-1].seq == self._seq - 1:
+            self._open.pop()
 
     def _append(self, reading: _Reading, context: str, text: str) -> None:
-        if context and _QUESTIONABLE.match(text):
-            return
+        if context and (_QUESTIONABLE.match(text) or text.endswith(" (unreliable)")):
+            return  # frames the unwinder guessed (x86 "? f+0x..", powerpc "(unreliable)")
         if "Disabling lock debugging due to kernel taint" in text:
             return
         report = reading.event.report
@@ -217,20 +207,20 @@ class FaultDetector:
         return event
 
     def _close(self, reading: _Reading) -> None:
-        if self._open.get(reading.context) is reading:
-            del self._open[reading.context]
-        self.events.append(self._title(reading))
+        if reading in self._open:
+            self._open.remove(reading)
+            self.events.append(self._title(reading))
 
     @property
     def fatal_count(self) -> int:
         """Fatal events so far, the ones still being read included."""
-        kinds = [e.kind for e in self.events] + [r.event.kind for r in self._open.values()]
+        kinds = [e.kind for e in self.events] + [r.event.kind for r in self._open]
         return sum(1 for k in kinds if k in FATAL_KINDS)
 
     def snapshot(self) -> list[KernelEvent]:
         """Closed events plus the ones still being read (titled from what has arrived so far)."""
         pending = []
-        for reading in sorted(self._open.values(), key=lambda r: r.seq):
+        for reading in self._open:
             e = reading.event
             copy = _Reading(
                 KernelEvent(e.kind, "", e.first_line, list(e.report), e.step),
@@ -243,7 +233,7 @@ class FaultDetector:
         return [*self.events, *pending]
 
     def finish(self) -> list[KernelEvent]:
-        for reading in sorted(self._open.values(), key=lambda r: r.seq):
+        for reading in list(self._open):
             self._close(reading)
         self.events.sort(key=lambda e: self._order.get(id(e), 0))
         return self.events
