@@ -580,7 +580,12 @@ CONTINUES_REPORT = ("invalid opcode: 0000", "Kernel panic - not syncing", "unreg
                     "PANIC: double fault", "Internal error:")  # fmt: skip
 
 
+_ANY_NEEDLE = re.compile("|".join(re.escape(h.needle) for h in ALL_HEADERS))
+
+
 def header_of(line: str) -> Header | None:
+    if _ANY_NEEDLE.search(line) is None:
+        return None  # most lines
     for header in ALL_HEADERS:
         if header.needle in line and not (header.not_a_report and header.not_a_report.search(line)):
             return header
@@ -599,8 +604,11 @@ def _captured(m: re.Match[str], skip: re.Pattern[str]) -> list[str]:
     return [name for name in m.groups() if name and not skip.search(name)]
 
 
+_ANY_STACK_START = re.compile("|".join(f"(?:{p.pattern})" for p in STACK_STARTS))
+
+
 def _is_stack_start(line: str) -> bool:
-    return any(p.search(line) for p in STACK_STARTS)
+    return _ANY_STACK_START.search(line) is not None
 
 
 def _walk(steps: Sequence[re.Pattern[str] | None], lines: list[str], stack: Stack) -> tuple[list[str], bool]:
