@@ -292,3 +292,19 @@ def test_the_captured_runs_still_give_their_titles():
     assert set(seen) == {"warn-on-free", "armv7-warn-on-free"}
     for got, stored, got_sig, stored_sig in seen.values():
         assert (got, got_sig) == (stored, stored_sig)
+
+
+def test_a_report_without_an_end_marker_ends_when_the_kernel_moves_on():
+    log = """\
+[   20.504430] INFO: task cma_test:99 blocked for more than 10 seconds.
+[   20.505864] Call trace:
+[   20.506050]  __switch_to+0xe8/0x120
+[   20.506345]  __schedule+0x340/0x920
+[   20.507069]  mutex_lock+0x78/0x90
+[   20.507172]  cma_mem_ioctl+0x5cc/0xdd8 [cma_mem]
+cma_test output, not the kernel's
+[   45.000000] cma_mem: released 4 buffers
+"""
+    [event] = find_faults(log.splitlines())
+    assert event.title == "INFO: task hung in cma_mem_ioctl"
+    assert event.report[-1].endswith("[cma_mem]")

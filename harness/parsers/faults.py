@@ -17,7 +17,7 @@ from harness.parsers.fault_titles import CONTINUES_REPORT, KMEMLEAK, Header, hea
 # "[   12.345678] ", "[   12.345678][  T81] " (CONFIG_PRINTK_CALLER: task or CPU), optionally after a
 # "<4>" log level, a "** N printk messages dropped **" note or a getty prompt the kernel wrote into.
 _PREFIX = re.compile(
-    r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:.* login: )?(?:<\d+>)?\[ *\d+\.\d+\](?:\[ *([CT]\d+)\])? ?"
+    r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:.* login: )?(?:<\d+>)?\[ *(\d+\.\d+)\](?:\[ *([CT]\d+)\])? ?"
 )
 # A caller-stamped message that began in the middle of a console line (console.split_kernel_lines
 # only cuts at plain "[   12.345678] " stamps).
@@ -31,6 +31,9 @@ _REPLAYED = "** replaying previous printk message **"
 _REBOOT = "Booting the kernel."
 MAX_REPORT_LINES = 400
 MAX_OPEN = 8  # reports being read at once (one per printk caller)
+# A report is printed in one go: a line stamped this much later belongs to something else
+# (a hung-task report has no end marker; without this it would run on into later messages).
+MAX_REPORT_SECONDS = 10.0
 # Past this many lines, a report has said what it had to: a panic_on_warn panic, or the lockdep
 # report an oops provoked, is another story (lines still kept, not read for the title).
 TITLE_LINES = 22
@@ -76,7 +79,12 @@ def parse_line(line: str) -> tuple[str, str]:
     m = _PREFIX.match(line)
     if m is None:
         return "", line
-    return m.group(1) or "console", line[m.end() :]
+    return m.group(2) or "console", line[m.end() :]
+
+
+def _seconds(line: str) -> float | None:
+    m = _PREFIX.match(line)
+    return float(m.group(1)) if m else None
 
 
 def make_title(kind: str, first: str, report: list[str]) -> str:
@@ -102,6 +110,7 @@ class _Reading:
     title_lines: int | None = None  # only report[:title_lines] is read for the title
     ended: bool = False  # "---[ end trace" seen: the next line of its context closes it
     nmi: bool = False  # other CPUs' backtraces, asked for by this report, belong to it
+    since: float | None = None  # the header's timestamp
 
 
 def _ends_title(reading: _Reading, text: str) -> bool:
@@ -153,6 +162,11 @@ class FaultDetector:
             header = None  # the first boot, not a reboot
         self._kernel_seen = True
         readers = [r for r in self._open if r.context == context or (r.nmi and context.startswith("C"))]
+        now = _seconds(line) if context else None
+        if now is not None:
+            for reading in [r for r in readers if r.since is not None and now - r.since > MAX_REPORT_SECONDS]:
+                self._close(reading)
+                readers.remove(reading)
         panic = "Kernel panic - not syncing" in line
         if header is not None and readers:
             if any(s in line for s in CONTINUES_REPORT) and any(panic or not r.ended for r in readers):
@@ -169,12 +183,12 @@ class FaultDetector:
                 reading.ended = False
                 self._append(reading, context, text)
         if header is not None:
-            self._start(header, context, text, step)
+            self._start(header, context, text, step, _seconds(line))
 
-    def _start(self, header: Header, context: str, text: str, step: str) -> None:
+    def _start(self, header: Header, context: str, text: str, step: str, since: float | None) -> None:
         event = KernelEvent(kind=header.kind_of(text), title="", first_line=text, report=[text], step=step)
         self._order[id(event)] = self._seq
-        self._open.append(_Reading(event, header, context, self._seq))
+        self._open.append(_Reading(event, header, context, self._seq, since=since))
         if len(self._open) > MAX_OPEN:
             self._close(self._open[0])
 
