@@ -68,6 +68,8 @@ FRAME_LINES: tuple[re.Pattern[str], ...] = (
     rx(r"^ *@PC@ \(([A-Za-z0-9_.]+)\) from @PC@ \(@FN@"),  # arm: "[<..>] (f) from [<..>] (g+0x..)"
     rx(_ARM_FROM),  # arm since 5.19: "f [mod] from g+0x../0x.."
 )
+# The three as one pattern (all anchored at the line start, tried in this order).
+_ANY_FRAME = re.compile("|".join(f"(?:{p.pattern})" for p in FRAME_LINES))
 # A fault-injection stack mixed into a report makes it unreliable.
 INJECTED = rx(r"^(?: @PC@)? should_fail(?:slab)?(?:\.[a-z0-9.]+)?\+0x")
 
@@ -636,7 +638,7 @@ def _walk(steps: Sequence[re.Pattern[str] | None], lines: list[str], stack: Stac
             while at < len(lines):
                 line = lines[at]
                 at += 1
-                if INJECTED.search(line):
+                if "should_fail" in line and INJECTED.search(line):
                     ok = False
                     break
                 if _is_stack_start(line):
@@ -645,15 +647,13 @@ def _walk(steps: Sequence[re.Pattern[str] | None], lines: list[str], stack: Stac
                     frames += _captured(m, skip)
                     step += 1
                     break
-                for frame_line in FRAME_LINES:
-                    if m := frame_line.search(line):
-                        frames += _captured(m, skip)
-                        break
+                if m := _ANY_FRAME.search(line):
+                    frames += _captured(m, skip)
         else:
             while at < len(lines):
                 line = lines[at]
                 at += 1
-                if INJECTED.search(line):
+                if "should_fail" in line and INJECTED.search(line):
                     ok = False
                     break
                 if m := pattern.search(line):
@@ -735,7 +735,7 @@ def _missing_stack(text: str) -> str:
         for line in after[1:16]:
             if _is_stack_start(line):
                 break
-            if "(stack is not available)" in line or any(f.search(line) for f in FRAME_LINES):
+            if "(stack is not available)" in line or _ANY_FRAME.search(line):
                 seen_frame, missing = True, False
                 break
         if missing and start is not RISCV_STACK:

@@ -16,7 +16,8 @@ from harness.parsers.fault_titles import CONTINUES_REPORT, KMEMLEAK, Header, hea
 
 # "[   12.345678] ", "[   12.345678][  T81] " (CONFIG_PRINTK_CALLER: task or CPU), optionally after a
 # "<4>" log level, a "** N printk messages dropped **" note or a getty prompt the kernel wrote into.
-_PREFIX = re.compile(
+_PREFIX = re.compile(r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:<\d+>)?\[ *(\d+\.\d+)\](?:\[ *([CT]\d+)\])? ?")
+_LOGIN_PREFIX = re.compile(
     r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:.* login: )?(?:<\d+>)?\[ *(\d+\.\d+)\](?:\[ *([CT]\d+)\])? ?"
 )
 # A caller-stamped message that began in the middle of a console line (console.split_kernel_lines
@@ -28,6 +29,19 @@ _NMI_BACKTRACE = "Sending NMI from CPU"
 # Reports of their own kind that are no fault but break the report they land in.
 _INTRUDERS = ("vmalloc: allocation failure:", "FAULT_INJECTION: forcing a failure", "FAULT_FLAG_ALLOW_RETRY missing")
 _REPLAYED = "** replaying previous printk message **"
+# Any of the few substrings that change how a report is read (one search per line, not six).
+_NOTABLE = re.compile(
+    "|".join(
+        re.escape(s)
+        for s in (
+            *_INTRUDERS,
+            _NMI_BACKTRACE,
+            "Disabling lock debugging due to kernel taint",
+            "Kernel panic - not syncing",
+            "WARNING: possible circular locking dependency",
+        )
+    )
+)
 _REBOOT = "Booting the kernel."
 MAX_REPORT_LINES = 400
 MAX_OPEN = 8  # reports being read at once (one per printk caller)
@@ -76,15 +90,17 @@ def signature(title: str) -> str:
 
 def parse_line(line: str) -> tuple[str, str]:
     """(context, text): the printk caller ("T81", "C0"), "console" for a plain timestamp, "" for none."""
+    context, text, _ = _parse(line)
+    return context, text
+
+
+def _parse(line: str) -> tuple[str, str, float | None]:
     m = _PREFIX.match(line)
+    if m is None and " login: " in line:
+        m = _LOGIN_PREFIX.match(line)
     if m is None:
-        return "", line
-    return m.group(2) or "console", line[m.end() :]
-
-
-def _seconds(line: str) -> float | None:
-    m = _PREFIX.match(line)
-    return float(m.group(1)) if m else None
+        return "", line, None
+    return m.group(2) or "console", line[m.end() :], float(m.group(1))
 
 
 def make_title(kind: str, first: str, report: list[str]) -> str:
@@ -142,14 +158,17 @@ class FaultDetector:
 
     def feed(self, line: str, step: str = "") -> None:
         line = line.rstrip()
-        cut = [m.start() for m in _CALLER_STAMP.finditer(line) if m.start() > 0]
+        cut = [m.start() for m in _CALLER_STAMP.finditer(line, 1)] if "][" in line else []
+        if not cut:
+            self._feed_one(line, step)
+            return
         for a, b in zip([0, *cut], [*cut, len(line)], strict=True):
             if line[a:b]:
                 self._feed_one(line[a:b], step)
 
     def _feed_one(self, line: str, step: str) -> None:
         self._seq += 1
-        context, text = parse_line(line)
+        context, text, now = _parse(line)
         header = header_of(line)
         if context:
             self._stamped = True
@@ -162,7 +181,6 @@ class FaultDetector:
             header = None  # the first boot, not a reboot
         self._kernel_seen = True
         readers = [r for r in self._open if r.context == context or (r.nmi and context.startswith("C"))]
-        now = _seconds(line) if context else None
         if now is not None:
             for reading in [r for r in readers if r.since is not None and now - r.since > MAX_REPORT_SECONDS]:
                 self._close(reading)
@@ -183,7 +201,7 @@ class FaultDetector:
                 reading.ended = False
                 self._append(reading, context, text)
         if header is not None:
-            self._start(header, context, text, step, _seconds(line))
+            self._start(header, context, text, step, now)
 
     def _start(self, header: Header, context: str, text: str, step: str, since: float | None) -> None:
         event = KernelEvent(kind=header.kind_of(text), title="", first_line=text, report=[text], step=step)
@@ -200,13 +218,14 @@ class FaultDetector:
     def _append(self, reading: _Reading, context: str, text: str) -> None:
         if context and (_QUESTIONABLE.match(text) or text.endswith(" (unreliable)")):
             return  # frames the unwinder guessed (x86 "? f+0x..", powerpc "(unreliable)")
-        if "Disabling lock debugging due to kernel taint" in text:
-            return
         report = reading.event.report
-        if _NMI_BACKTRACE in text:
-            reading.nmi = True
-        if reading.title_lines is None and _ends_title(reading, text):
-            reading.title_lines = len(report)
+        if _NOTABLE.search(text):
+            if "Disabling lock debugging due to kernel taint" in text:
+                return
+            if _NMI_BACKTRACE in text:
+                reading.nmi = True
+            if reading.title_lines is None and _ends_title(reading, text):
+                reading.title_lines = len(report)
         report.append(text)
         if text.startswith(END_MARKERS):
             reading.ended = True
