@@ -111,10 +111,14 @@ def make_title(kind: str, first: str, report: list[str]) -> str:
     return title_for(header, report or [first]).title
 
 
-def classify(line: str) -> str | None:
-    """The kind of report `line` starts, if it starts one."""
+def classify(line: str) -> tuple[str, re.Match[str]] | None:
+    """(kind, the header's match) if `line` starts a kernel report."""
     header = header_of(line)
-    return header.kind_of(line) if header else None
+    if header is None:
+        return None
+    m = re.search(re.escape(header.needle), line)
+    assert m is not None
+    return header.kind_of(line), m
 
 
 @dataclass
