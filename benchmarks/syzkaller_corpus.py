@@ -95,8 +95,10 @@ def read_case(path: Path) -> Case:
     text = path.read_bytes().replace(b"\r", b"").decode("utf-8", "replace")
     head, _, body = text.partition("\n\n")
     case = Case(path.name, int(path.name) if path.name.isdigit() else -1)
-    if not head.strip() or not any(h.startswith(("TITLE:", "ALT:", "TYPE:", "CORRUPTED:", "#", "SUPPRESSED:", "FRAME:",
-                                                  "EXECUTOR:", "PANICKED:")) for h in head.splitlines()):
+    if not head.strip() or not any(
+        h.startswith(("TITLE:", "ALT:", "TYPE:", "CORRUPTED:", "#", "SUPPRESSED:", "FRAME:", "EXECUTOR:", "PANICKED:"))
+        for h in head.splitlines()
+    ):
         body = text  # no header: the whole file is the log
     else:
         for h in head.splitlines():
@@ -213,8 +215,10 @@ def table(s: Scores) -> str:
         ("first title equal to syzkaller's (or an ALT), detected non-corrupted", pct(s.title_ok, s.titled)),
         ("… on arm/arm64 logs", pct(s.arm_title_ok, s.arm_titled)),
         ("same bug kind and same function", pct(s.kind_func_ok, s.titled)),
-        ("title equal (or ALT) / same kind and function, all detected",
-         f"{pct(s.any_title_ok, s.detected)} / {pct(s.any_kind_func_ok, s.detected)}"),
+        (
+            "title equal (or ALT) / same kind and function, all detected",
+            f"{pct(s.any_title_ok, s.detected)} / {pct(s.any_kind_func_ok, s.detected)}",
+        ),
         ("corrupted flag agrees, detected logs", pct(s.corrupted_ok, s.detected)),
         ("time for the selection", f"{s.seconds:.2f} s"),
     ]
