@@ -12,33 +12,45 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from harness.parsers.dmesg import strip_stamp
+from harness.parsers.fault_titles import CONTINUES_REPORT, KMEMLEAK, Header, header_of, title_for
 
-# (kind, pattern on the line without its timestamp). Order matters: first match wins.
-MARKERS: list[tuple[str, re.Pattern[str]]] = [
-    ("panic", re.compile(r"^Kernel panic - not syncing: (?P<what>.*)")),
-    ("oops", re.compile(r"^Unable to handle kernel (?P<what>.+?)(?: at virtual address.*)?$")),
-    ("oops", re.compile(r"^Internal error: (?P<what>[^:]+)")),
-    ("bug", re.compile(r"^BUG: (?P<what>.*)")),
-    ("bug", re.compile(r"^kernel BUG at (?P<what>\S+)")),
-    ("warning", re.compile(r"^WARNING: (?P<what>.*)")),
-    # Not "kmemleak: N new suspected memory leaks": that console line only points at the
-    # kmemleak file, which the capacity check reads and turns into one event per object.
-    ("kmemleak", re.compile(r"^unreferenced object (?P<what>0x[0-9a-f]+) \(size (?P<size>\d+)\)")),
-    ("hung_task", re.compile(r"^INFO: task (?P<what>\S+?):\d+ blocked for more than")),
-    ("rcu_stall", re.compile(r"^rcu: INFO: (?P<what>rcu_\w+ (?:self-)?detected (?:expedited )?stalls?)")),
-    ("soft_lockup", re.compile(r"^watchdog: BUG: soft lockup")),
-]
-
+# "[   12.345678] ", "[   12.345678][  T81] " (CONFIG_PRINTK_CALLER: task or CPU), optionally after a
+# "<4>" log level, a "** N printk messages dropped **" note or a getty prompt the kernel wrote into.
+_PREFIX = re.compile(r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:<\d+>)?\[ *(\d+\.\d+)\](?:\[ *([CT]\d+)\])? ?")
+_LOGIN_PREFIX = re.compile(
+    r"^(?:\*\* \d+ printk messages dropped \*\* )?(?:.* login: )?(?:<\d+>)?\[ *(\d+\.\d+)\](?:\[ *([CT]\d+)\])? ?"
+)
+# A caller-stamped message that began in the middle of a console line (console.split_kernel_lines
+# only cuts at plain "[   12.345678] " stamps).
+_CALLER_STAMP = re.compile(r"\[ *\d+\.\d{6}\]\[ *[CT]\d+\] ")
+_QUESTIONABLE = re.compile(r"(?:\[<[0-9a-f]+>\])? \? ")  # x86 frames the unwinder is not sure of
 END_MARKERS = ("---[ end trace", "---[ end Kernel panic")
-# Lines of a report that name the faulting function, most precise first.
-PC_LINE = re.compile(r"^pc : (?P<func>[\w.]+)\+0x")
-AT_FUNC = re.compile(r" at (?:\S+:\d+ )?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
-IN_FUNC = re.compile(r" in (?P<func>[\w.]+)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?")
-# "  func+0x10/0x20" (call trace) or "    [<0000000012345678>] func+0x10/0x20" (kmemleak backtrace;
-# the pointer is "(____ptrval____)" when hashed pointers are not printable yet).
-CALL_TRACE_FUNC = re.compile(r"^\s*(?:\[<[^>]*>\]\s*)?(?P<func>[\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
-MAX_REPORT_LINES = 120
+_NMI_BACKTRACE = "Sending NMI from CPU"
+# Reports of their own kind that are no fault but break the report they land in.
+_INTRUDERS = ("vmalloc: allocation failure:", "FAULT_INJECTION: forcing a failure", "FAULT_FLAG_ALLOW_RETRY missing")
+_REPLAYED = "** replaying previous printk message **"
+# Any of the few substrings that change how a report is read (one search per line, not six).
+_NOTABLE = re.compile(
+    "|".join(
+        re.escape(s)
+        for s in (
+            *_INTRUDERS,
+            _NMI_BACKTRACE,
+            "Disabling lock debugging due to kernel taint",
+            "Kernel panic - not syncing",
+            "WARNING: possible circular locking dependency",
+        )
+    )
+)
+_REBOOT = "Booting the kernel."
+MAX_REPORT_LINES = 400
+MAX_OPEN = 8  # reports being read at once (one per printk caller)
+# A report is printed in one go: a line stamped this much later belongs to something else
+# (a hung-task report has no end marker; without this it would run on into later messages).
+MAX_REPORT_SECONDS = 10.0
+# Past this many lines, a report has said what it had to: a panic_on_warn panic, or the lockdep
+# report an oops provoked, is another story (lines still kept, not read for the title).
+TITLE_LINES = 22
 # Faults after which the guest may never answer again (a dead task can hold locks forever).
 FATAL_KINDS = {"oops", "panic", "bug", "hung_task", "rcu_stall", "soft_lockup"}
 
@@ -50,6 +62,7 @@ class KernelEvent:
     first_line: str
     report: list[str] = field(default_factory=list)
     step: str = ""  # the harness step during which the first line arrived
+    corrupted: bool = False  # truncated or intermixed (syzkaller's CORRUPTED): the title may be wrong
 
     @property
     def signature(self) -> str:
@@ -75,144 +88,191 @@ def signature(title: str) -> str:
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
-# Frames that say how the kernel reported or waited, not where the fault is (syzkaller skips these too).
-_PLUMBING = re.compile(
-    r"^(dump_|show_|__warn|warn_|report_|kasan_|panic|__switch_to|__schedule|schedule|io_schedule|"
-    r"__mutex_lock|mutex_lock|__rwsem|rwsem_|down_|__down|wait_for_|__wait_|_raw_spin|preempt_schedule|"
-    r"kmem_cache_alloc|__kmem_cache_alloc|kmalloc|__kmalloc|kmemleak_|slab_|__slab|create_object)"
-)
+def parse_line(line: str) -> tuple[str, str]:
+    """(context, text): the printk caller ("T81", "C0"), "console" for a plain timestamp, "" for none."""
+    context, text, _ = _parse(line)
+    return context, text
 
 
-def _is_plumbing(func: str) -> bool:
-    return bool(_PLUMBING.match(func))
-
-
-def _function_from(lines: list[str]) -> str | None:
-    for line in lines:
-        m = PC_LINE.match(line)
-        if m:
-            return m.group("func")
-    in_trace = False
-    for line in lines:
-        if line.strip() in ("Call trace:", "backtrace:"):
-            in_trace = True
-            continue
-        if in_trace:
-            m = CALL_TRACE_FUNC.match(line)
-            if m and not _is_plumbing(m.group("func")):
-                return m.group("func")
-    return None
+def _parse(line: str) -> tuple[str, str, float | None]:
+    m = _PREFIX.match(line)
+    if m is None and " login: " in line:
+        m = _LOGIN_PREFIX.match(line)
+    if m is None:
+        return "", line, None
+    return m.group(2) or "console", line[m.end() :], float(m.group(1))
 
 
 def make_title(kind: str, first: str, report: list[str]) -> str:
-    """syzkaller-style: 'WARNING in cmamem_free', 'KASAN: use-after-free Read in f', 'kernel panic: msg'."""
-    body = strip_stamp(first)
-    if kind == "panic":
-        return "kernel panic: " + re.sub(r"\s+", " ", body.split(":", 1)[1]).strip()
-    if kind == "warning":
-        m = AT_FUNC.search(body)
-        func = m.group("func") if m else _function_from(report)
-        if body.startswith("WARNING: possible circular locking"):
-            return "possible deadlock in " + (_function_from(report) or "?")
-        if body.startswith("WARNING: CPU:") or m:
-            return f"WARNING in {func or '?'}"
-        return "WARNING: " + body.removeprefix("WARNING: ")
-    if kind == "bug":
-        what = body.removeprefix("BUG: ")
-        if what.startswith("KASAN:"):
-            m = IN_FUNC.search(what)
-            access = next((w for w in ("Read", "Write") if any(line.startswith(w) for line in report)), "")
-            kind_text = what.split(" in ")[0]
-            return f"{kind_text} {access} in {m.group('func') if m else '?'}".replace("  ", " ")
-        if what.startswith(("sleeping function called from invalid context", "scheduling while atomic")):
-            where_ = IN_FUNC.search(what)
-            return what.split(" at ")[0] if not where_ else f"{what.split(' at ')[0]} in {where_.group('func')}"
-        if body.startswith("kernel BUG at"):
-            return f"kernel BUG in {_function_from(report) or body.split(' at ', 1)[1]}"
-        func = IN_FUNC.search(what)
-        return f"BUG: {what.split(' in ')[0]} in {func.group('func')}" if func else f"BUG: {what}"
-    if kind == "oops":
-        func = _function_from(report)
-        what = body.removeprefix("Unable to handle kernel ").removeprefix("Internal error: ")
-        what = what.split(" at virtual address")[0]
-        return f"Unable to handle kernel {what} in {func or '?'}" if "Unable" in body else f"Oops in {func or '?'}"
-    if kind == "kmemleak":
-        return f"memory leak in {_function_from(report) or '?'}"
-    if kind == "hung_task":
-        return f"INFO: task hung in {_function_from(report) or '?'}"
-    if kind == "rcu_stall":
-        return f"INFO: rcu detected stall in {_function_from(report) or '?'}"
-    if kind == "soft_lockup":
-        return f"BUG: soft lockup in {_function_from(report) or '?'}"
-    return body
+    """syzkaller's title for a report that starts with `first` ('WARNING in f', 'KASAN: use-after-free Read in f')."""
+    header = header_of(first) or (KMEMLEAK if kind == "kmemleak" else None)
+    if header is None:
+        return parse_line(first)[1]
+    return title_for(header, report or [first]).title
 
 
 def classify(line: str) -> tuple[str, re.Match[str]] | None:
-    text = strip_stamp(line)
-    for kind, pattern in MARKERS:
-        m = pattern.match(text)
-        if m:
-            return kind, m
-    return None
+    """(kind, the header's match) if `line` starts a kernel report."""
+    header = header_of(line)
+    if header is None:
+        return None
+    m = re.search(re.escape(header.needle), line)
+    assert m is not None
+    return header.kind_of(line), m
+
+
+@dataclass
+class _Reading:
+    event: KernelEvent
+    header: Header
+    context: str
+    seq: int
+    title_lines: int | None = None  # only report[:title_lines] is read for the title
+    ended: bool = False  # "---[ end trace" seen: the next line of its context closes it
+    nmi: bool = False  # other CPUs' backtraces, asked for by this report, belong to it
+    since: float | None = None  # the header's timestamp
+
+
+def _ends_title(reading: _Reading, text: str) -> bool:
+    if any(s in text for s in _INTRUDERS):
+        return reading.context in ("", "console")
+    report = reading.event.report
+    if "Kernel panic - not syncing" in text or "WARNING: possible circular locking dependency" in text:
+        return len(report) > (16 if "BUG: KMSAN:" in report[0] else TITLE_LINES)
+    return False
 
 
 class FaultDetector:
-    """Feed console lines one by one; completed events accumulate in `events`."""
+    """Feed console lines one by one; completed events accumulate in `events`.
+
+    Lines are read the way syzkaller reads a console: the timestamp and printk caller
+    ("[  T81]", "[   C0]") are stripped, and a report is made of the lines of its own
+    caller, so reports from several CPUs or tasks interleave without mixing. Once the
+    console has shown timestamped kernel lines, lines without one are user space: they
+    neither start a report nor end one.
+    """
 
     def __init__(self) -> None:
         self.events: list[KernelEvent] = []
-        self._open: KernelEvent | None = None
+        self._open: list[_Reading] = []  # oldest first
+        self._seq = 0
+        self._order: dict[int, int] = {}  # id(event) -> its first line's number
+        self._stamped = False
+        self._kernel_seen = False
 
     def feed(self, line: str, step: str = "") -> None:
-        text = strip_stamp(line.rstrip())
-        if self._open is not None:
-            if self._continues(line, text):
-                self._open.report.append(text)
-                if text.startswith(END_MARKERS) or len(self._open.report) >= MAX_REPORT_LINES:
-                    self._close()
-                return
-            self._close()
-        hit = classify(line)
-        if hit is None:
+        line = line.rstrip()
+        cut = [m.start() for m in _CALLER_STAMP.finditer(line, 1)] if "][" in line else []
+        if not cut:
+            self._feed_one(line, step)
             return
-        kind, _ = hit
-        self._open = KernelEvent(kind=kind, title="", first_line=text, report=[text], step=step)
+        for a, b in zip([0, *cut], [*cut, len(line)], strict=True):
+            if line[a:b]:
+                self._feed_one(line[a:b], step)
+
+    def _feed_one(self, line: str, step: str) -> None:
+        self._seq += 1
+        context, text, now = _parse(line)
+        header = header_of(line)
+        if context:
+            self._stamped = True
+        elif self._stamped and not (header is not None and header.needle == _REBOOT):
+            return  # user space talking on the console (a reboot's first words have no stamp yet)
+        if _REPLAYED in line:
+            self._drop_replayed()
+            return
+        if header is not None and header.needle == _REBOOT and not self._kernel_seen:
+            header = None  # the first boot, not a reboot
+        self._kernel_seen = True
+        readers = [r for r in self._open if r.context == context or (r.nmi and context.startswith("C"))]
+        if now is not None:
+            for reading in [r for r in readers if r.since is not None and now - r.since > MAX_REPORT_SECONDS]:
+                self._close(reading)
+                readers.remove(reading)
+        panic = "Kernel panic - not syncing" in line
+        if header is not None and readers:
+            if any(s in line for s in CONTINUES_REPORT) and any(panic or not r.ended for r in readers):
+                header = None  # part of the report being read (an oops's "Internal error", its panic)
+            elif header is KMEMLEAK and any(r.event.kind == "kmemleak" and r.header is not KMEMLEAK for r in readers):
+                header = None  # the objects of a "BUG: memory leak" report
+        for reading in readers:
+            if reading.ended and not (panic and header is None):
+                self._close(reading)
+            elif header is not None and reading.context in ("", "console"):
+                self._close(reading)  # one console, one report at a time
+            else:
+                # A printk caller's report goes on until it ends, whatever it runs into (as syzkaller reads it).
+                reading.ended = False
+                self._append(reading, context, text)
+        if header is not None:
+            self._start(header, context, text, step, now)
+
+    def _start(self, header: Header, context: str, text: str, step: str, since: float | None) -> None:
+        event = KernelEvent(kind=header.kind_of(text), title="", first_line=text, report=[text], step=step)
+        self._order[id(event)] = self._seq
+        self._open.append(_Reading(event, header, context, self._seq, since=since))
+        if len(self._open) > MAX_OPEN:
+            self._close(self._open[0])
+
+    def _drop_replayed(self) -> None:
+        # The line before was an old message printed again: not a new report.
+        if self._open and len(self._open[-1].event.report) == 1 and self._open[-1].seq == self._seq - 1:
+            self._open.pop()
+
+    def _append(self, reading: _Reading, context: str, text: str) -> None:
+        if context and (_QUESTIONABLE.match(text) or text.endswith(" (unreliable)")):
+            return  # frames the unwinder guessed (x86 "? f+0x..", powerpc "(unreliable)")
+        report = reading.event.report
+        if _NOTABLE.search(text):
+            if "Disabling lock debugging due to kernel taint" in text:
+                return
+            if _NMI_BACKTRACE in text:
+                reading.nmi = True
+            if reading.title_lines is None and _ends_title(reading, text):
+                reading.title_lines = len(report)
+        report.append(text)
+        if text.startswith(END_MARKERS):
+            reading.ended = True
+        if len(report) >= MAX_REPORT_LINES:
+            self._close(reading)
+
+    def _title(self, reading: _Reading) -> KernelEvent:
+        event = reading.event
+        lines = event.report if reading.title_lines is None else event.report[: reading.title_lines]
+        titled = title_for(reading.header, lines, event.report)
+        event.title, event.corrupted, event.kind = titled.title, titled.corrupted, titled.kind
+        return event
+
+    def _close(self, reading: _Reading) -> None:
+        if reading in self._open:
+            self._open.remove(reading)
+            self.events.append(self._title(reading))
 
     @property
     def fatal_count(self) -> int:
-        """Fatal events so far, the one still being read included."""
-        events = [*self.events, *([self._open] if self._open else [])]
-        return sum(1 for e in events if e.kind in FATAL_KINDS)
-
-    def _continues(self, raw: str, text: str) -> bool:
-        # A report is the kernel lines that follow its marker; a new marker of a different
-        # fault starts a new event (but an Oops's "Internal error" belongs to its "Unable to handle").
-        if not raw.lstrip().startswith("[") and raw.strip():
-            return False  # a non-kernel console line ends the report
-        hit = classify(raw)
-        if hit is None:
-            return True
-        assert self._open is not None
-        return hit[0] == "oops" and self._open.kind == "oops" and text.startswith("Internal error")
-
-    def _close(self) -> None:
-        event = self._open
-        self._open = None
-        if event is None:
-            return
-        event.title = make_title(event.kind, event.first_line, event.report)
-        self.events.append(event)
+        """Fatal events so far, the ones still being read included."""
+        kinds = [e.kind for e in self.events] + [r.event.kind for r in self._open]
+        return sum(1 for k in kinds if k in FATAL_KINDS)
 
     def snapshot(self) -> list[KernelEvent]:
-        """Closed events plus the one still being read (titled from what has arrived so far)."""
-        if self._open is None:
-            return list(self.events)
-        pending = KernelEvent(self._open.kind, "", self._open.first_line, list(self._open.report), self._open.step)
-        pending.title = make_title(pending.kind, pending.first_line, pending.report)
-        return [*self.events, pending]
+        """Closed events plus the ones still being read (titled from what has arrived so far)."""
+        pending = []
+        for reading in self._open:
+            e = reading.event
+            copy = _Reading(
+                KernelEvent(e.kind, "", e.first_line, list(e.report), e.step),
+                reading.header,
+                reading.context,
+                reading.seq,
+                reading.title_lines,
+            )
+            pending.append(self._title(copy))
+        return [*self.events, *pending]
 
     def finish(self) -> list[KernelEvent]:
-        self._close()
+        for reading in list(self._open):
+            self._close(reading)
+        self.events.sort(key=lambda e: self._order.get(id(e), 0))
         return self.events
 
 
@@ -234,9 +294,8 @@ def kmemleak_events(report_text: str, step: str = "") -> list[KernelEvent]:
     for block in re.split(r"\n(?=unreferenced object )", report_text.strip()):
         lines = block.splitlines()
         if lines and lines[0].startswith("unreferenced object"):
-            event = KernelEvent("kmemleak", "", lines[0], lines, step)
-            event.title = make_title("kmemleak", lines[0], lines)
-            events.append(event)
+            titled = title_for(KMEMLEAK, lines)
+            events.append(KernelEvent("kmemleak", titled.title, lines[0], lines, step, titled.corrupted))
     return events
 
 
