@@ -12,8 +12,8 @@ import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from harness.config.targets import Target
 from harness.errors import MissingHostTools
-from harness.targets import Target
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # apt/dpkg locks held by another apt run: wait for them instead of failing at once.

@@ -1,5 +1,6 @@
-from harness import abi, hosttools
-from harness.targets import resolve_target
+from harness import hosttools
+from harness.config import abi
+from harness.config.targets import resolve_target
 
 
 def test_abi_facts_come_from_the_uapi_header():

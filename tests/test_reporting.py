@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import pytest
 
-from harness import cli_reports
-from harness.reporting import (
+from harness.frontends import cli_reports
+from harness.report.render import (
     ResultError,
     blocks,
     load_result,
