@@ -11,8 +11,8 @@ from types import FrameType
 from typing import IO
 
 from harness.guest.machine import Guest
+from harness.guest.shell import MODULE_PATH
 from harness.run.session import RunOptions, RunRecord, Stages, boot_guest, prepare
-from harness.scenario.runner import MODULE_PATH
 
 
 def ssh_command(out: Path, port: int) -> str:

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from harness.guest.machine import Guest
     from harness.oracles.cmatest import CmaRecord
     from harness.oracles.faults import KernelEvent
-    from harness.scenario.loader import Scenario
-    from harness.scenario.runner import ScenarioRunner, StepResult
+    from harness.scenario.model import Scenario, StepResult
+    from harness.scenario.runner import ScenarioRunner
 
 DEFAULT_TARGET = "arm64-virt"
 _POOL_KEY = pytest.StashKey["GuestPool"]()
@@ -89,27 +89,16 @@ class BootedGuest:
 
     def reset(self, load: bool = True) -> None:
         """No cma_test process left, the module unloaded, then (load=True) freshly loaded."""
-        from harness.run.session import RESET_COMMAND
-        from harness.scenario.runner import MODULE_PATH
+        from harness.guest.shell import MODULE_PATH, RESET_COMMAND
 
         out = self.run(f"{RESET_COMMAND}; insmod {MODULE_PATH}" if load else RESET_COMMAND)
         if out.status != 0:
             raise RuntimeError(f"cannot reload cma_mem: {out.stderr}")
 
     def runner(self, label: str) -> ScenarioRunner:
-        from harness.oracles.symbolize import module_functions
         from harness.scenario.runner import ScenarioRunner
 
-        return ScenarioRunner(
-            self.transport,
-            self.guest.kernel_log,
-            self.guest.events,
-            self.reservation,
-            set_step=lambda step: self.guest.set_step(f"{label} {step}"),
-            barrier=self.guest.barrier,
-            command_timeout=self.target.timeouts.command,
-            module_symbols=module_functions(self.guest.boot.module),
-        )
+        return ScenarioRunner.for_guest(self.guest, label)
 
 
 class GuestPool:
@@ -182,7 +171,7 @@ class Cma:
 
     def run(self, steps: str) -> list[CmaRecord]:
         """Any cma_test steps (userland/README.md); fails the test on the first problem."""
-        from harness.scenario.runner import StepResult
+        from harness.scenario.model import StepResult
 
         result = StepResult(index=len(self.calls) + 1, name=steps)
         self.calls.append(result)
@@ -310,10 +299,7 @@ class ScenarioItem(pytest.Item):
         self.booted.reset(load=False)  # scenarios load the module themselves
         runner = self.booted.runner(scenario.name)
         started = time.monotonic()
-        since = self.booted.guest.kernel_time()
-        results = runner.run(scenario)
-        if runner.aborted is None and results:
-            runner.final_checks(results[-1], since)
+        results = runner.run_scenario(scenario).steps
         problems = [f"step {r.index} ({r.name}, line {r.line}): {p}" for r in results for p in r.problems]
         self.user_properties.append(("duration_in_guest", f"{time.monotonic() - started:.2f}"))
         if runner.aborted is not None:

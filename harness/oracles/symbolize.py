@@ -85,11 +85,6 @@ def parse_section_bases(text: str) -> dict[str, int]:
     return bases
 
 
-def section_bases_command(module: str) -> str:
-    """The guest shell command that prints a loaded module's section bases (root can read them)."""
-    return f"for f in /sys/module/{module}/sections/.*text*; do echo {SECTIONS_MARKER}${{f##*/}} $(cat $f); done"
-
-
 def locate(address: int, loads: list[dict[str, int]], symbols: list[Symbol]) -> str | None:
     """'func+0x5c/0x200' for an address inside a function of any recorded load, else None."""
     for bases in reversed(loads):  # the newest load first: addresses are reused after rmmod

@@ -21,9 +21,9 @@ from harness.config.targets import Target
 from harness.errors import EXIT_FAIL, EXIT_PASS, GuestError, HarnessError
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles
-from harness.oracles.symbolize import module_functions
-from harness.scenario.loader import Scenario
-from harness.scenario.runner import ScenarioRunner, wait_gone
+from harness.guest.shell import RESET_COMMAND
+from harness.scenario.model import Scenario
+from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 if TYPE_CHECKING:
     from harness.guest.machine import Guest, SshSetup
@@ -66,6 +66,22 @@ class RunRecord:
     console_tail: str = ""  # set when the guest died or hung
     extra_events: list[dict[str, Any]] = field(default_factory=list)  # kernel events not from the console
 
+    def add_scenario(self, outcome: ScenarioResult) -> None:
+        steps = [r.to_json() | {"scenario": outcome.name} for r in outcome.steps]
+        self.steps += steps
+        self.blocks += [b.as_dict() | {"scenario": outcome.name} for b in outcome.live_blocks]
+        self.allocations += [b.as_dict() | {"scenario": outcome.name} for b in outcome.allocations]
+        self.extra_events += [e.as_dict() for e in outcome.extra_events]
+        self.scenarios.append(
+            {
+                "name": outcome.name,
+                "path": outcome.path,
+                "verdict": "fail" if outcome.failed else "pass",
+                "steps": len(steps),
+                "duration": round(outcome.duration, 4),
+            }
+        )
+
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
 
@@ -98,13 +114,6 @@ class Stages:
 def default_run_dir(base: Path | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     return (base or Path.cwd() / "runs") / stamp
-
-
-# Between two scenarios in one guest: no cma_test process left, the module unloaded.
-RESET_COMMAND = (
-    "killall -9 cma_test 2>/dev/null; for p in $(pidof cma_test); do " + wait_gone("$p") + "; done; "
-    "rmmod cma_mem 2>/dev/null; true"
-)
 
 
 def prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[str], None]) -> BootFiles:
@@ -173,42 +182,13 @@ def ssh_setup(out: Path) -> SshSetup:
     return SshSetup(port=free_loopback_port(), key=ClientKey.generate(keys), known_hosts=keys / "known_hosts")
 
 
-def _run_scenario(opts: RunOptions, guest: Guest, scenario: Scenario, record: RunRecord) -> ScenarioRunner:
-    assert guest.transport is not None
-    runner = ScenarioRunner(
-        guest.transport,
-        guest.kernel_log,
-        guest.events,
-        guest.facts.reservation,
-        set_step=lambda step: guest.set_step(f"{scenario.name} {step}"),
-        barrier=guest.barrier,
-        command_timeout=opts.target.timeouts.command,
-        module_symbols=module_functions(guest.boot.module),
-    )
-    events_before = len(guest.events())
-    started = time.monotonic()
-    since = guest.kernel_time()
+def _run_scenario(guest: Guest, scenario: Scenario, record: RunRecord) -> ScenarioRunner:
+    runner = ScenarioRunner.for_guest(guest, scenario.name)
     try:
-        runner.run(scenario)
-        if runner.aborted is None and runner.results:
-            runner.final_checks(runner.results[-1], since)
+        runner.run_scenario(scenario)
     finally:
-        steps = [r.as_dict() | {"scenario": scenario.name} for r in runner.results]
-        record.steps += steps
-        record.blocks += [b.as_dict() | {"scenario": scenario.name} for b in runner.state.blocks.values()]
-        record.allocations += [b.as_dict() | {"scenario": scenario.name} for b in runner.state.allocated]
-        new_events = guest.events()[events_before:] + runner.extra_events
-        record.extra_events += [e.as_dict() for e in runner.extra_events]
-        failed = any(s["status"] != "pass" for s in steps) or new_events or runner.aborted
-        record.scenarios.append(
-            {
-                "name": scenario.name,
-                "path": str(scenario.path),
-                "verdict": "fail" if failed else "pass",
-                "steps": len(steps),
-                "duration": round(time.monotonic() - started, 4),
-            }
-        )
+        if runner.outcome is not None:
+            record.add_scenario(runner.outcome)
     return runner
 
 
@@ -237,7 +217,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         assert guest.transport is not None
                         guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
                     with stage("scenario"):
-                        runner = _run_scenario(opts, guest, scenario, record)
+                        runner = _run_scenario(guest, scenario, record)
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
                         record.console_tail = runner.aborted.detail or guest.tail()

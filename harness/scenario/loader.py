@@ -1,5 +1,7 @@
 """Scenario files: a list of steps, validated (file, line, what was expected) before anything boots.
 
+Each step kind's schema, shorthand and static check are in the registry (steps.py).
+
 Schema (docs/scenarios.md has the full reference):
 
 ```yaml
@@ -33,215 +35,23 @@ steps:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import paths
-from harness.config import abi
 from harness.config.yamlconf import (
     Field,
     LocatedDict,
     LocatedList,
     Schema,
     expect_mapping,
-    is_int,
-    is_number,
-    is_positive_int,
     is_str,
     load_file,
-    one_of,
-    parse_size,
     validate,
 )
 from harness.errors import ConfigError
-
-MAIN = "main"
-
-
-@dataclass(frozen=True)
-class Step:
-    kind: str
-    args: dict[str, Any]
-    line: int
-    body: tuple[Step, ...] = ()  # repeat
-
-    def describe(self) -> str:
-        defaults = {"process": MAIN, "expect": "0", "ptr": "ok", "steps": None}
-        shown = " ".join(
-            f"{k}={_short(v)}"
-            for k, v in self.args.items()
-            if v not in (None, "", [], {}) and (k not in defaults or defaults[k] != v) and k != "steps"
-        )
-        return f"{self.kind} {shown}".strip()
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    path: Path
-    description: str
-    steps: list[Step] = field(default_factory=list)
-
-
-# --- value checks ---------------------------------------------------------
-
-
-def _block_name(value: Any) -> str:
-    name_max = abi.name_len() - 1  # the NUL takes one byte
-    if not isinstance(value, str) or not value or len(value.encode()) > name_max or " " in value:
-        raise ValueError(f"a block name of 1..{name_max} characters without spaces")
-    return value
-
-
-def _names(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ValueError("a block name or a list of block names")
-    return [_block_name(v) for v in value]
-
-
-def _process(value: Any) -> str:
-    if not isinstance(value, str) or not value.replace("-", "").replace("_", "").isalnum() or len(value) > 32:
-        raise ValueError("a process name (letters, digits, - and _)")
-    return value
-
-
-def _errno(value: Any) -> str:
-    if value in (0, "0", None):
-        return "0"
-    if isinstance(value, str) and value.isupper() and value.startswith("E") and value.isalnum():
-        return value
-    raise ValueError("an errno name like EINVAL (or 0 for success)")
-
-
-def _raw_name(value: Any) -> str:
-    # Raw ioctls may pass any name, including empty ("-") and overlong ones.
-    if value in ("", None):
-        return "-"
-    if not isinstance(value, str) or " " in value or len(value) > 64:
-        raise ValueError("a name without spaces, at most 64 characters ('' for empty)")
-    return value
-
-
-def _cmd(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and (value in abi.command_names() or value.startswith("0x")):
-        return value
-    raise ValueError("a CMEM_* command from the uapi header or a number: " + ", ".join(abi.command_names()))
-
-
-def _mmap_offset(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return str(value)
-    if isinstance(value, str) and value.startswith("@"):
-        name, _, extra = value[1:].partition("+")
-        _block_name(name)
-        if extra:
-            parse_size(extra)
-        return value
-    raise ValueError("a byte offset, or '@NAME' / '@NAME+BYTES' for a block's own offset")
-
-
-def _cma_steps(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or "'" in value or ";" in value:
-        raise ValueError("cma_test steps as one string (see userland/README.md)")
-    return value.strip()
-
-
-def _regex(value: Any) -> str:
-    import re
-
-    if not isinstance(value, str):
-        raise ValueError("a regular expression")
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"a valid regular expression ({exc})") from None
-    return value
-
-
-# --- step table -----------------------------------------------------------
-
-PROCESS = Field("process", _process, default=MAIN, doc="the cma_test process that owns the blocks")
-EXPECT = Field("expect", _errno, default="0", doc="errno the call must fail with (0: must succeed)")
-
-
-def _schema(*fields: Field) -> Schema:
-    return Schema(list(fields))
-
-
-STEP_SCHEMAS: dict[str, Schema] = {
-    "insmod": _schema(Field("params", is_str, default="")),
-    "rmmod": _schema(Field("expect", one_of("ok", "busy"), default="ok")),
-    "alloc": _schema(
-        Field("name", _block_name, required=True),
-        Field("size", parse_size, required=True, doc="bytes, e.g. 800*480*4 or 4M"),
-        Field("type", one_of("wc", "coherent"), default="wc"),
-        PROCESS,
-        EXPECT,
-    ),
-    "free": _schema(Field("name", _block_name, required=True), PROCESS, EXPECT),
-    "verify": _schema(Field("names", _names, required=True), PROCESS),
-    "write": _schema(Field("name", _block_name, required=True), Field("seed", is_int, default=1), PROCESS),
-    "check": _schema(Field("name", _block_name, required=True), Field("seed", is_int, default=1), PROCESS),
-    "info": _schema(Field("name", _block_name, required=True), PROCESS, EXPECT),
-    "ioctl": _schema(
-        Field("cmd", _cmd, required=True),
-        Field("name", _raw_name, default="-"),
-        Field("len", parse_size, default=0),
-        Field("flags", is_int, default=0),
-        Field("ptr", one_of("ok", "bad", "ro"), default="ok"),
-        PROCESS,
-        EXPECT,
-    ),
-    "mmap": _schema(
-        Field("offset", _mmap_offset, required=True), Field("len", parse_size, required=True), PROCESS, EXPECT
-    ),
-    "cma": _schema(Field("run", _cma_steps, required=True), PROCESS),
-    "spawn": _schema(Field("process", _process, required=True)),
-    "kill": _schema(Field("process", _process, required=True)),
-    "exit": _schema(Field("process", _process, required=True)),
-    "exhaust": _schema(Field("chunk", parse_size, required=True), PROCESS),
-    "fragment": _schema(
-        Field("count", is_positive_int, required=True),
-        Field("size", parse_size, required=True),
-        Field("large", parse_size, required=True),
-        Field("type", one_of("wc", "coherent"), default="coherent"),
-        PROCESS,
-        EXPECT,
-    ),
-    "repeat": _schema(Field("times", is_positive_int, required=True), Field("steps", lambda v: v, required=True)),
-    "capacity": _schema(Field("mode", one_of("baseline", "check"), required=True)),
-    "shell": _schema(
-        Field("run", is_str, required=True),
-        Field("expect_status", is_int, default=0),
-        Field("timeout", is_number, default=None, doc="seconds; default: the target's command timeout"),
-    ),
-    "ktap": _schema(Field("run", is_str, required=True), Field("timeout", is_number, default=None)),
-    "dmesg": _schema(Field("contains", _regex, default=None), Field("absent", _regex, default=None)),
-}
-
-# Shorthand: `free: mem1`, `verify: [a, b]`, `exit: main`, `capacity: check`.
-SHORTHAND: dict[str, str] = {
-    "free": "name",
-    "verify": "names",
-    "spawn": "process",
-    "kill": "process",
-    "exit": "process",
-    "capacity": "mode",
-    "shell": "run",
-    "ktap": "run",
-}
-ALL_STEPS = sorted(STEP_SCHEMAS)
+from harness.scenario.model import Scenario, Step
+from harness.scenario.steps import ALL_STEPS, REGISTRY, LiveModel, static_check
 
 
 def _located(value: Any, source: str, line: int) -> LocatedDict:
@@ -255,16 +65,17 @@ def parse_step(item: Any, source: str, line: int) -> Step:
     if not isinstance(item, LocatedDict) or len(item) != 1:
         raise ConfigError(f"{source}:{line}: step: expected a mapping with one key, one of: {', '.join(ALL_STEPS)}")
     [(kind, value)] = item.items()
-    if kind not in STEP_SCHEMAS:
+    if kind not in REGISTRY:
         raise ConfigError(f"{source}:{line}: unknown step '{kind}'; expected one of: {', '.join(ALL_STEPS)}")
-    if kind in SHORTHAND and not isinstance(value, (dict, type(None))):
-        value = _located({SHORTHAND[kind]: value}, source, line)
+    shorthand = REGISTRY[kind].shorthand
+    if shorthand and not isinstance(value, (dict, type(None))):
+        value = _located({shorthand: value}, source, line)
     if value is None:
         value = _located({}, source, line)
     mapping = expect_mapping(value, f"step '{kind}'", source, line)
-    args = validate(mapping, STEP_SCHEMAS[kind], f"step '{kind}'")
+    args = validate(mapping, REGISTRY[kind].schema, f"step '{kind}'")
     body: tuple[Step, ...] = ()
-    if kind == "repeat":
+    if REGISTRY[kind].body:
         body = tuple(_parse_steps(args.pop("steps"), source, mapping.line_of("steps"), "repeat: steps"))
     return Step(kind, args, line, body)
 
@@ -273,54 +84,6 @@ def _parse_steps(raw: Any, source: str, line: int, what: str) -> list[Step]:
     if not isinstance(raw, LocatedList) or not raw:
         raise ConfigError(f"{source}:{line}: {what}: expected a non-empty list of steps")
     return [parse_step(item, source, item_line) for item_line, item in zip(raw.item_lines, raw, strict=True)]
-
-
-# --- static checks: names and processes ----------------------------------
-
-
-@dataclass
-class _Model:
-    live: dict[str, set[str]] = field(default_factory=dict)  # process -> block names
-
-    def need_block(self, step: Step, source: str, name: str, process: str) -> None:
-        if name not in self.live.get(process, set()):
-            raise ConfigError(
-                f"{source}:{step.line}: step '{step.kind}': block '{name}' is not allocated "
-                f"in process '{process}' at this point"
-            )
-
-    def need_process(self, step: Step, source: str, process: str) -> None:
-        if process not in self.live:
-            raise ConfigError(f"{source}:{step.line}: step '{step.kind}': process '{process}' is not running")
-
-
-def _check_step(step: Step, model: _Model, source: str) -> None:
-    a, kind = step.args, step.kind
-    process = a.get("process", MAIN)
-    succeeds = a.get("expect", "0") == "0"
-    if kind == "repeat":
-        for inner in step.body:
-            _check_step(inner, model, source)
-    elif kind in ("kill", "exit"):
-        model.need_process(step, source, process)
-        model.live.pop(process)
-    elif kind in ("verify", "write", "check", "info", "free", "mmap"):
-        names = a.get("names") or [a.get("name") or a["offset"][1:].partition("+")[0]]
-        if kind == "mmap" and not a["offset"].startswith("@"):
-            names = []
-        if succeeds or kind in ("verify", "write", "check"):
-            for name in names:
-                model.need_block(step, source, name, process)
-        if kind == "free" and succeeds:
-            model.live[process].discard(a["name"])
-    else:  # alloc, spawn, cma, exhaust, ioctl, fragment start the process if needed
-        live = model.live.setdefault(process, set())
-        if kind == "alloc" and succeeds:
-            live.add(a["name"])
-        if kind == "fragment":  # the odd-numbered blocks stay; frag.large only if it must succeed
-            live.update(f"frag.{i}" for i in range(1, a["count"], 2))
-            if succeeds:
-                live.add("frag.large")
 
 
 SCENARIO_SCHEMA = Schema(
@@ -336,9 +99,9 @@ def load_scenario(path: Path) -> Scenario:
     root = expect_mapping(load_file(path), "scenario", str(path), 1)
     top = validate(root, SCENARIO_SCHEMA, "scenario")
     steps = _parse_steps(root["steps"], str(path), root.line_of("steps"), "scenario: key 'steps'")
-    model = _Model()
+    model = LiveModel()
     for step in steps:
-        _check_step(step, model, str(path))
+        static_check(step, model, str(path))
     return Scenario(name=top["name"] or path.stem, path=path, description=top["description"], steps=steps)
 
 
