@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import paths
 from harness.config.targets import resolve_target
 from harness.guest.machine import Guest
-from harness.run.session import RunOptions, RunRecord, Stages, prepare, ssh_setup
+from harness.run.result import RunResult
+from harness.run.session import RunOptions, Stages, prepare, ssh_setup
 
 
 def cycle(opts: RunOptions, commands: int) -> tuple[float, float]:
-    record = RunRecord()
+    record = RunResult()
     boot = prepare(opts, Stages(record, lambda *a: None), record, lambda m: None)
     ssh = ssh_setup(opts.out) if opts.transport == "ssh" else None
     with Guest(opts.target, boot, None, ssh) as guest:

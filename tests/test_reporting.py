@@ -13,7 +13,6 @@ import pytest
 
 from harness.frontends import cli_reports
 from harness.report.render import (
-    ResultError,
     blocks,
     load_result,
     render_html,
@@ -22,6 +21,7 @@ from harness.report.render import (
     write_reports,
     zoom_window,
 )
+from harness.run.result import ResultError
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 

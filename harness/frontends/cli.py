@@ -109,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import paths
     from harness.config.targets import resolve_targets
     from harness.report.terminal import print_matrix, print_summary
+    from harness.run.result import TransportKind
     from harness.run.session import RunOptions, default_run_dir, execute, exit_code
     from harness.scenario.loader import resolve_scenarios
 
@@ -140,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cache=paths.cache_dir(args.cache_dir),
             update=args.update,
             install=not args.no_install,
-            transport=args.transport,
+            transport=TransportKind(args.transport),
         )
         if len(targets) > 1:
             console.print(f"[bold]target {target.name}[/bold]")
@@ -157,6 +158,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from harness import paths
     from harness.config.targets import resolve_target
     from harness.frontends.interactive import boot
+    from harness.run.result import TransportKind
     from harness.run.session import RunOptions, default_run_dir
 
     opts = RunOptions(
@@ -165,7 +167,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         kmod=Path(args.kmod).resolve() if args.kmod else paths.kmod_dir(),
         out=Path(args.out).resolve() if args.out else default_run_dir(),
         cache=paths.cache_dir(args.cache_dir),
-        transport=args.transport,
+        transport=TransportKind(args.transport),
     )
     return boot(opts, lambda line: print(line, flush=True))
 

@@ -42,7 +42,8 @@ def _unreadable(message: str) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report.render import ResultError, write_reports
+    from harness.report.render import write_reports
+    from harness.run.result import ResultError
 
     root = Path(args.run_dir)
     dirs = run_dirs(root)
@@ -60,7 +61,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.report.compare import compare, render
-    from harness.report.render import ResultError, load_result
+    from harness.report.render import load_result
+    from harness.run.result import ResultError
 
     base_root, cand_root = Path(args.base), Path(args.candidate)
     pairs = _pairs(base_root, cand_root)

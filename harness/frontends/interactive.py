@@ -12,7 +12,8 @@ from typing import IO
 
 from harness.guest.machine import Guest
 from harness.guest.shell import MODULE_PATH
-from harness.run.session import RunOptions, RunRecord, Stages, boot_guest, prepare
+from harness.run.result import RunResult
+from harness.run.session import RunOptions, Stages, boot_guest, prepare
 
 
 def ssh_command(out: Path, port: int) -> str:
@@ -24,7 +25,7 @@ def ssh_command(out: Path, port: int) -> str:
 
 
 def boot(opts: RunOptions, say: Callable[[str], None]) -> int:
-    record = RunRecord(target=opts.target.name)
+    record = RunResult(target=opts.target.name)
     stages = Stages(record, lambda name, event, s: say(f"{name}: {s:.2f} s") if event == "done" else None)
     files = prepare(opts, stages, record, say)
     opts.out.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,8 @@ class GuestPool:
     def get(self, target_name: str | None = None) -> BootedGuest:
         from harness import paths
         from harness.config.targets import resolve_target
-        from harness.run.session import RunOptions, RunRecord, Stages, boot_guest, prepare
+        from harness.run.result import RunResult
+        from harness.run.session import RunOptions, Stages, boot_guest, prepare
 
         name = target_name or self.config.getoption("--cma-target") or DEFAULT_TARGET
         if name in self.guests:
@@ -131,7 +132,7 @@ class GuestPool:
             out=out,
             cache=paths.cache_dir(),
         )
-        record = RunRecord(target=target.name)
+        record = RunResult(target=target.name)
         stages = Stages(record, lambda *a: None)
         boot = prepare(opts, stages, record, lambda msg: None)
         log = (out / "console.log").open("wb", buffering=0)

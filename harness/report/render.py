@@ -6,7 +6,6 @@ can be re-rendered from an archived result.json years later and unit-tested on f
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.oracles.faults import group_events
+from harness.run.result import RunResult
 
 MIB = 1 << 20
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
@@ -22,19 +22,11 @@ TYPE_COLOURS = {"wc": "#2563eb", "coherent": "#d97706"}
 ARTIFACTS = ["console.log", "dmesg.txt", "result.json"]
 
 
-class ResultError(Exception):
-    """A run directory without a readable result.json."""
-
-
 def load_result(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "result.json" if run_dir.is_dir() else run_dir
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ResultError(f"{path}: cannot read a run result ({exc})") from exc
-    if not isinstance(result, dict) or "verdict" not in result:
-        raise ResultError(f"{path}: not a cma-harness result.json (no 'verdict')")
-    return result
+    """result.json read and checked through the result model (RunResult), as its JSON.
+
+    Files without `schema_version` (version 1) come back with it; a malformed one is a ResultError."""
+    return RunResult.load(run_dir).to_json()
 
 
 # --- facts shared by both formats -----------------------------------------------------------

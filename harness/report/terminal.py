@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.oracles.faults import group_events
-from harness.run.session import RunRecord
+from harness.run.result import RunResult
 
 COLOURS = {"pass": "green", "fail": "red", "error": "magenta"}
 
 
-def print_summary(record: RunRecord, out: Path, console: Any) -> None:
+def print_summary(record: RunResult, out: Path, console: Any) -> None:
     from rich.table import Table
 
     table = Table(title=f"{record.scenario} on {record.target}", show_lines=False)
@@ -22,17 +22,15 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
     table.add_column("result")
     table.add_column("s", justify="right")
     for step in record.steps:
-        colour = COLOURS.get(step["status"], "white")
-        table.add_row(
-            str(step["index"]), step["name"], f"[{colour}]{step['status']}[/{colour}]", f"{step['duration']:.3f}"
-        )
+        colour = COLOURS.get(step.status, "white")
+        table.add_row(str(step.index), step.name, f"[{colour}]{step.status}[/{colour}]", f"{step.duration:.3f}")
     if record.steps:
         console.print(table)
     # Problems unwrapped, one per line: CI logs and grep must see them whole.
     for step in record.steps:
-        for problem in step["problems"]:
-            where = f"{step['scenario']} step {step['index']}"
-            console.print(f"[red]FAIL[/red] {where} ({step['name']}): {problem}", soft_wrap=True)
+        for problem in step.problems:
+            where = f"{step.scenario} step {step.index}"
+            console.print(f"[red]FAIL[/red] {where} ({step.name}): {problem}", soft_wrap=True)
     for event in group_events(record.kernel_events):
         times = f" (x{event['count']})" if event["count"] != 1 else ""
         console.print(
@@ -55,7 +53,7 @@ def print_summary(record: RunRecord, out: Path, console: Any) -> None:
     )
 
 
-def print_matrix(records: list[RunRecord], out: Path, console: Any) -> None:
+def print_matrix(records: list[RunResult], out: Path, console: Any) -> None:
     """One table for a run over several targets: scenario rows, target columns."""
     from rich.table import Table
 
@@ -63,11 +61,11 @@ def print_matrix(records: list[RunRecord], out: Path, console: Any) -> None:
     table.add_column("scenario")
     for record in records:
         table.add_column(record.target)
-    names = list(dict.fromkeys(s["name"] for r in records for s in r.scenarios))
+    names = list(dict.fromkeys(s.name for r in records for s in r.scenarios))
     for name in names:
         cells = []
         for record in records:
-            verdict = next((s["verdict"] for s in record.scenarios if s["name"] == name), record.verdict)
+            verdict = next((s.verdict for s in record.scenarios if s.name == name), record.verdict)
             cells.append(f"[{COLOURS.get(verdict, 'white')}]{verdict}[/]")
         table.add_row(name, *cells)
     table.add_row("[bold]verdict[/bold]", *(f"[bold {COLOURS.get(r.verdict, 'white')}]{r.verdict}[/]" for r in records))

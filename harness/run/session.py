@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -18,10 +17,11 @@ from harness.artifacts.debian import DebianProvider, ImageCache
 from harness.artifacts.kernels import vermagic
 from harness.artifacts.kernels.registry import kernel_provider
 from harness.config.targets import Target
-from harness.errors import EXIT_FAIL, EXIT_PASS, GuestError, HarnessError
+from harness.errors import GuestError, HarnessError
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles
 from harness.guest.shell import RESET_COMMAND
+from harness.run.result import RunResult, ScenarioSummary, TransportKind, Verdict
 from harness.scenario.model import Scenario
 from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
@@ -40,56 +40,13 @@ class RunOptions:
     cache: Path
     update: bool = False
     install: bool = True
-    transport: str = "serial"  # serial | ssh
-
-
-@dataclass
-class RunRecord:
-    """What result.json holds."""
-
-    verdict: str = "error"
-    target: str = ""
-    scenario: str = ""
-    kmod: str = ""
-    transport: str = "serial"
-    kernel: dict[str, Any] = field(default_factory=dict)
-    cma: dict[str, Any] = field(default_factory=dict)
-    scenarios: list[dict[str, Any]] = field(default_factory=list)
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    blocks: list[dict[str, Any]] = field(default_factory=list)  # live at the end of each scenario
-    allocations: list[dict[str, Any]] = field(default_factory=list)  # every successful allocation
-    kernel_events: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    error: str = ""
-    started: str = ""
-    problems: list[str] = field(default_factory=list)
-    console_tail: str = ""  # set when the guest died or hung
-    extra_events: list[dict[str, Any]] = field(default_factory=list)  # kernel events not from the console
-
-    def add_scenario(self, outcome: ScenarioResult) -> None:
-        steps = [r.to_json() | {"scenario": outcome.name} for r in outcome.steps]
-        self.steps += steps
-        self.blocks += [b.as_dict() | {"scenario": outcome.name} for b in outcome.live_blocks]
-        self.allocations += [b.as_dict() | {"scenario": outcome.name} for b in outcome.allocations]
-        self.extra_events += [e.as_dict() for e in outcome.extra_events]
-        self.scenarios.append(
-            {
-                "name": outcome.name,
-                "path": outcome.path,
-                "verdict": "fail" if outcome.failed else "pass",
-                "steps": len(steps),
-                "duration": round(outcome.duration, 4),
-            }
-        )
-
-    def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+    transport: TransportKind = TransportKind.SERIAL
 
 
 class Stages:
     """Times each stage and tells the UI."""
 
-    def __init__(self, record: RunRecord, on_stage: Callable[[str, str, float], None]) -> None:
+    def __init__(self, record: RunResult, on_stage: Callable[[str, str, float], None]) -> None:
         self.record = record
         self.on_stage = on_stage
 
@@ -116,7 +73,7 @@ def default_run_dir(base: Path | None = None) -> Path:
     return (base or Path.cwd() / "runs") / stamp
 
 
-def prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[str], None]) -> BootFiles:
+def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[str], None]) -> BootFiles:
     """Host tools, images, builds and the initramfs: everything before QEMU starts."""
     with stage("setup"):
         hosttools.ensure([opts.target], install=opts.install, log=log)
@@ -155,7 +112,7 @@ def prepare(opts: RunOptions, stage: Stages, record: RunRecord, log: Callable[[s
     return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
 
 
-def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunRecord) -> Guest:
+def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunResult) -> Guest:
     from harness.guest.machine import Guest  # lazy: pulls in pexpect
 
     with stage("boot"):
@@ -182,20 +139,33 @@ def ssh_setup(out: Path) -> SshSetup:
     return SshSetup(port=free_loopback_port(), key=ClientKey.generate(keys), known_hosts=keys / "known_hosts")
 
 
-def _run_scenario(guest: Guest, scenario: Scenario, record: RunRecord) -> ScenarioRunner:
+def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
+    """A scenario's outcome into the run result (steps and blocks tagged with the scenario's name)."""
+    for step in outcome.steps:
+        step.scenario = outcome.name
+    record.steps += outcome.steps
+    record.blocks += [b.as_dict() | {"scenario": outcome.name} for b in outcome.live_blocks]
+    record.allocations += [b.as_dict() | {"scenario": outcome.name} for b in outcome.allocations]
+    record.extra_events += [e.as_dict() for e in outcome.extra_events]
+    verdict = Verdict.FAIL if outcome.failed else Verdict.PASS
+    duration = round(outcome.duration, 4)
+    record.scenarios.append(ScenarioSummary(outcome.name, outcome.path, verdict, len(outcome.steps), duration))
+
+
+def _run_scenario(guest: Guest, scenario: Scenario, record: RunResult) -> ScenarioRunner:
     runner = ScenarioRunner.for_guest(guest, scenario.name)
     try:
         runner.run_scenario(scenario)
     finally:
         if runner.outcome is not None:
-            record.add_scenario(runner.outcome)
+            add_scenario(record, runner.outcome)
     return runner
 
 
-def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: Callable[[str], None]) -> RunRecord:
+def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: Callable[[str], None]) -> RunResult:
     """Run everything; always leaves result.json (verdict error on infrastructure failure)."""
     opts.out.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(
+    record = RunResult(
         target=opts.target.name,
         scenario=",".join(s.name for s in opts.scenarios),
         kmod=str(opts.kmod),
@@ -239,10 +209,10 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         lines = [line for _, line in guest.kernel_log.lines]
                         (opts.out / "dmesg.txt").write_text("\n".join(lines) + "\n")
                 record.kernel_events = all_events + record.extra_events
-        failed = any(s["verdict"] != "pass" for s in record.scenarios) or record.kernel_events or record.problems
-        record.verdict = "fail" if failed else "pass"
+        failed = any(s.verdict != Verdict.PASS for s in record.scenarios) or record.kernel_events or record.problems
+        record.verdict = Verdict.FAIL if failed else Verdict.PASS
     except HarnessError as exc:
-        record.verdict = "error"
+        record.verdict = Verdict.ERROR
         record.error = exc.render()
         if isinstance(exc, GuestError):
             record.console_tail = exc.detail
@@ -257,9 +227,5 @@ def _write_pid(out: Path, pid: int) -> None:
     (out / "qemu.pid").write_text(f"{pid}\n")
 
 
-def exit_code(record: RunRecord) -> int:
-    if record.verdict == "pass":
-        return EXIT_PASS
-    if record.verdict == "fail":
-        return EXIT_FAIL
-    return 3
+def exit_code(record: RunResult) -> int:
+    return record.exit_code
