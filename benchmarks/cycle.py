@@ -27,10 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import guestinit, initramfs, paths
-from harness.images import DebianProvider, ImageCache, kernel_provider
-from harness.qemu import BootFiles, QemuProcess, qemu_command
-from harness.targets import resolve_target
+from harness import paths
+from harness.artifacts import initramfs
+from harness.artifacts.debian import DebianProvider, ImageCache
+from harness.artifacts.kernels.registry import kernel_provider
+from harness.config.targets import resolve_target
+from harness.guest import guestinit
+from harness.guest.qemu import BootFiles, QemuProcess, qemu_command
 
 
 def bare_boot(argv: list[str]) -> float:
@@ -64,7 +67,7 @@ def measure(name: str, scenario: str, runs: int) -> tuple[list[float], list[floa
         dummy = Path(tmp) / "empty"
         dummy.write_bytes(b"")
         files = initramfs.GuestFiles(busybox=busybox.busybox, cma_test=dummy, kmod=dummy)
-        initrd = initramfs.cached_initramfs(Path(tmp), files, guestinit.BARE_INIT)
+        initrd = initramfs.cached_initramfs(Path(tmp), files, guestinit.BARE_INIT, guestinit.FORMAT_VERSION)
         argv = qemu_command(target, BootFiles(kernel.image, initrd, kernel.dtb))
         harness_run(name, scenario, Path(tmp) / "warmup")  # fill the caches
         bare, full, stages = [], [], []

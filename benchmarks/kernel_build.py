@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import paths
-from harness.images import ImageCache
-from harness.kernels import kconfig
-from harness.kernels.source import SourceProvider, build_kernel, kernel_release
-from harness.targets import resolve_target
+from harness.artifacts.debian import ImageCache
+from harness.artifacts.kernels import kconfig
+from harness.artifacts.kernels.source import SourceProvider, build_kernel, kernel_release
+from harness.config.targets import resolve_target
 
 DEFAULT = ["arm64-fast", "arm64-debug", "armv7-fast"]
 

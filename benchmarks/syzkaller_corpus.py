@@ -53,8 +53,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.console import split_kernel_lines
-from harness.parsers.faults import KernelEvent, find_faults
+from harness.guest.console import split_kernel_lines
+
+from harness.oracles.faults import KernelEvent, find_faults
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "syzkaller-report-corpus"
 HELD_BACK = 600

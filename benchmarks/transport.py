@@ -20,14 +20,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import paths
-from harness.guest import Guest
-from harness.session import RunOptions, RunRecord, Stages, _prepare, ssh_setup
-from harness.targets import resolve_target
+from harness.config.targets import resolve_target
+from harness.guest.machine import Guest
+from harness.run.result import RunResult
+from harness.run.session import RunOptions, Stages, prepare, ssh_setup
 
 
 def cycle(opts: RunOptions, commands: int) -> tuple[float, float]:
-    record = RunRecord()
-    boot = _prepare(opts, Stages(record, lambda *a: None), record, lambda m: None)
+    record = RunResult()
+    boot = prepare(opts, Stages(record, lambda *a: None), record, lambda m: None)
     ssh = ssh_setup(opts.out) if opts.transport == "ssh" else None
     with Guest(opts.target, boot, None, ssh) as guest:
         assert guest.transport is not None

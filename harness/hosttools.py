@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.artifacts.kernels.registry import provider_requirements
+from harness.config.hostreq import BASE, EXTRAS, Requirement
+from harness.config.targets import Target
 from harness.errors import ConfigError, MissingHostTools
-from harness.hostreq import BASE, EXTRAS, Requirement
-from harness.images import provider_requirements
-from harness.targets import Target
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # apt/dpkg locks held by another apt run: wait for them instead of failing at once.

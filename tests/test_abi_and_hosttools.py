@@ -1,4 +1,4 @@
-from harness import abi
+from harness.config import abi
 
 
 def test_abi_facts_come_from_the_uapi_header():

@@ -4,7 +4,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
-from harness.cachelock import entry_lock, write_atomic
+from harness.artifacts.cachelock import entry_lock, write_atomic
 
 
 def _hold(entry: str, held: "multiprocessing.synchronize.Event", release: "multiprocessing.synchronize.Event") -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli_reports
-from harness.compare import Noise, compare, measure_noise, render, write
+from harness.frontends import cli_reports
+from harness.report.compare import Noise, compare, measure_noise, render, write
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.config.targets import load_target, target_paths
+from harness.config.yamlconf import parse_size
 from harness.errors import ConfigError
-from harness.scenario import load_scenario, scenario_paths
-from harness.targets import load_target, target_paths
-from harness.yamlconf import parse_size
+from harness.scenario.loader import load_scenario, scenario_paths
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -94,9 +94,9 @@ def test_parse_size(text, value):
 
 
 def test_target_spec_forms():
-    from harness.cli import _targets
+    from harness.config.targets import resolve_targets
 
-    assert [t.name for t in _targets("arm64-virt,arm64-compat")] == ["arm64-virt", "arm64-compat"]
-    assert {t.name for t in _targets("all")} == {p.stem for p in target_paths()}
+    assert [t.name for t in resolve_targets("arm64-virt,arm64-compat")] == ["arm64-virt", "arm64-compat"]
+    assert {t.name for t in resolve_targets("all")} == {p.stem for p in target_paths()}
     with pytest.raises(ConfigError, match="unknown target 'nope'; known targets: "):
-        _targets("arm64-virt,nope")
+        resolve_targets("arm64-virt,nope")

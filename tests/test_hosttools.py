@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 
 from harness import hosttools
+from harness.artifacts.kernels.registry import provider_requirements
+from harness.config.hostreq import EXTRAS
+from harness.config.targets import (
+    KERNEL_PROVIDERS,
+    USERLAND_LIBC,
+    UserlandConfig,
+    load_target,
+    resolve_target,
+    target_paths,
+)
 from harness.errors import ConfigError, MissingHostTools
-from harness.hostreq import EXTRAS
-from harness.images import provider_requirements
-from harness.targets import KERNEL_PROVIDERS, USERLAND_LIBC, UserlandConfig, load_target, resolve_target, target_paths
 
 SHIPPED = [load_target(p) for p in target_paths()]
 # What building a kernel from source needs on the host (Documentation/process/changes.rst).

@@ -1,6 +1,7 @@
 import stat
 
-from harness import guestinit, initramfs
+from harness.artifacts import initramfs
+from harness.guest import guestinit
 
 
 def test_newc_round_trip():
@@ -20,8 +21,8 @@ def test_archive_is_reproducible(tmp_path):
     for name in ("busybox", "cma_test", "cma_mem.ko"):
         (tmp_path / name).write_bytes(name.encode())
     files = initramfs.GuestFiles(tmp_path / "busybox", tmp_path / "cma_test", tmp_path / "cma_mem.ko")
-    first = initramfs.cached_initramfs(tmp_path / "c1", files, guestinit.init_script())
-    second = initramfs.cached_initramfs(tmp_path / "c2", files, guestinit.init_script())
+    first = initramfs.cached_initramfs(tmp_path / "c1", files, guestinit.init_script(), guestinit.FORMAT_VERSION)
+    second = initramfs.cached_initramfs(tmp_path / "c2", files, guestinit.init_script(), guestinit.FORMAT_VERSION)
     assert first.read_bytes() == second.read_bytes()
     names = {e.path for e in initramfs.decode_newc(first.read_bytes())}
     assert {"init", "bin/busybox", "bin/cma_test", "lib/modules/cma_mem.ko", "dev/console"} <= names

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.artifacts.debian import DebianProvider, ImageCache
+from harness.artifacts.kernels import kconfig, source, vermagic
+from harness.artifacts.kernels.local import LocalProvider
+from harness.artifacts.kernels.registry import kernel_provider
+from harness.artifacts.kernels.source import SourceProvider
+from harness.config.targets import kernel_configs_dir, load_target
 from harness.errors import ConfigError, InfraError
-from harness.images import DebianProvider, ImageCache, kernel_provider
-from harness.kernels import kconfig, source, vermagic
-from harness.kernels.local import LocalProvider
-from harness.kernels.source import SourceProvider
-from harness.targets import kernel_configs_dir, load_target
 
 TARGETS = Path("configs/targets")
 
@@ -249,7 +250,7 @@ def test_kernel_provider_follows_the_target(tmp_path):
 def test_failed_build_step_reports_the_log_tail(tmp_path):
     log = tmp_path / "build.log"
     with log.open("w") as out, pytest.raises(InfraError, match="failed \\(make exit 3\\)") as info:
-        source._stream(
+        source.stream_build(
             ["sh", "-c", "echo compiling; echo 'error: boom' >&2; exit 3"],
             out,
             log,

@@ -1,8 +1,8 @@
 """Parsers over real captured console logs (tests/fixtures) and the seed's log format."""
 
-from harness.parsers.cmatest import parse_record
-from harness.parsers.dmesg import parse_checkers, parse_dump_mem, parse_release, parse_reservation
-from harness.parsers.faults import find_faults, signature
+from harness.oracles.cmatest import parse_record
+from harness.oracles.dmesg import parse_checkers, parse_dump_mem, parse_release, parse_reservation
+from harness.oracles.faults import find_faults, signature
 
 
 def test_reservation_from_real_boot(fixture_text):
@@ -99,7 +99,7 @@ def test_real_oops_from_a_broken_driver(fixture_text):
 
 
 def test_group_events_counts_by_signature():
-    from harness.parsers.faults import group_events
+    from harness.oracles.faults import group_events
 
     events = [
         {"signature": "a", "title": "WARNING in f", "step": "1"},
@@ -111,7 +111,7 @@ def test_group_events_counts_by_signature():
 
 
 def test_ktap():
-    from harness.parsers.ktap import parse_ktap, plan
+    from harness.oracles.ktap import parse_ktap, plan
 
     text = (
         "KTAP version 1\n1..4\nok 1 - alloc\nnot ok 2 - free # TODO later\n"

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from harness.qemu import BootFiles, qemu_command
-from harness.targets import load_target
+from harness.config.targets import load_target
+from harness.guest.qemu import BootFiles, qemu_command
 
 
 def test_arm64_virt_command_line():

@@ -11,9 +11,8 @@ from typing import ClassVar
 
 import pytest
 
-from harness import cli_reports
-from harness.reporting import (
-    ResultError,
+from harness.frontends import cli_reports
+from harness.report.render import (
     blocks,
     load_result,
     render_html,
@@ -22,6 +21,7 @@ from harness.reporting import (
     write_reports,
     zoom_window,
 )
+from harness.run.result import ResultError
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 

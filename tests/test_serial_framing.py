@@ -2,8 +2,8 @@
 
 import hashlib
 
-from harness.console import split_kernel_lines
-from harness.transport.serial import rebuild, unescape
+from harness.guest.console import split_kernel_lines
+from harness.guest.transport.serial import rebuild, unescape
 
 
 def md5(text: str) -> str:

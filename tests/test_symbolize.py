@@ -8,8 +8,8 @@ and the .ko that was loaded.
 
 from pathlib import Path
 
-from harness.parsers.faults import kmemleak_events
-from harness.symbolize import Symbol, locate, module_functions, parse_section_bases, symbolize
+from harness.oracles.faults import kmemleak_events
+from harness.oracles.symbolize import Symbol, locate, module_functions, parse_section_bases, symbolize
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kmemleak-after-rmmod"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.reporting import TYPE_COLOURS, VERDICT_COLOURS, render_html
+from harness.report.render import TYPE_COLOURS, VERDICT_COLOURS, render_html
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.scenario import load_scenario
+from harness.scenario.loader import load_scenario
 from tests.guest.broken import VARIANTS
 
 pytestmark = pytest.mark.guest

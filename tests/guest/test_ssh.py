@@ -184,7 +184,7 @@ def test_a_changed_host_key_is_refused(booted, tmp_path):
     proc = subprocess.run([*command, "-o", "BatchMode=yes", "true"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 255
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in proc.stderr
-    from harness.transport.ssh import ClientKey, connect
+    from harness.guest.transport.ssh import ClientKey, connect
 
     key = ClientKey(paramiko.ECDSAKey.from_private_key_file(str(booted["out"] / "ssh" / "id_ecdsa")), Path("-"))
     with pytest.raises(paramiko.BadHostKeyException):

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from harness import paths
-from harness.images import ImageCache, KernelImage
-from harness.kernels.source import SourceProvider, kernel_release, make_command
-from harness.targets import resolve_target
+from harness.artifacts.debian import ImageCache, KernelImage
+from harness.artifacts.kernels.source import SourceProvider, kernel_release, make_command
+from harness.config.targets import resolve_target
 from tests.guest.broken import DEBUG_VARIANTS
 from tests.guest.test_run import run_cli
 

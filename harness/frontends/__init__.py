@@ -1,0 +1,1 @@
+"""Front ends: the CLI, the interactive `boot`, and the pytest plugin. They call the public run API only."""

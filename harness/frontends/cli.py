@@ -1,0 +1,243 @@
+"""cma-harness command line. Imports are lazy: start-up time is part of every guest cycle.
+
+Exit status: 0 pass, 1 test failure, 2 bad usage or config, 3 infrastructure failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.errors import EXIT_USAGE, ConfigError, HarnessError
+
+if TYPE_CHECKING:
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cma-harness", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_cache(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cache-dir", help="artifact cache (default $CMA_HARNESS_CACHE or ~/.cache/cma-harness)")
+
+    p = sub.add_parser(
+        "setup", help="check host packages and prove the toolchains link; install what is missing (root on Debian)"
+    )
+    p.add_argument(
+        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
+    )
+    p.add_argument(
+        "--with",
+        dest="extras",
+        default="",
+        help="comma list of optional extras to install too: browser (report test), ssh-client (stock ssh login)",
+    )
+    p.add_argument("--check", action="store_true", help="only check; print the fix and exit 3 if anything is missing")
+
+    p = sub.add_parser(
+        "prepare", help="fetch, build and cache everything a run needs (kernels included), without booting"
+    )
+    p.add_argument(
+        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
+    )
+    p.add_argument("--kmod", help="driver source folder (default: the project's kmod/)")
+    p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="ssh also prepares dropbear")
+    p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
+    add_cache(p)
+
+    p = sub.add_parser("run", help="build, boot, run a scenario, report a verdict")
+    p.add_argument(
+        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        help="scenario name, YAML path or folder of scenarios; repeat for several (default smoke)",
+    )
+    p.add_argument("--kmod", help="driver source folder to build and test (default: the project's kmod/)")
+    p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="how commands reach the guest")
+    p.add_argument("--out", help="run directory (default ./runs/<timestamp>)")
+    p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
+    p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
+    add_cache(p)
+
+    p = sub.add_parser("boot", help="boot a guest with the driver and cma_test in place and leave it running")
+    p.add_argument("--target", default="arm64-virt", help="target name or YAML path (default arm64-virt)")
+    p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="ssh also offers an ssh login")
+    p.add_argument("--kmod", help="driver source folder (default: the project's kmod/)")
+    p.add_argument("--out", help="directory for console.log and the SSH keys (default ./runs/<timestamp>)")
+    add_cache(p)
+
+    from harness.frontends.cli_reports import add_parsers
+
+    add_parsers(sub)  # report, compare
+
+    sub.add_parser("targets", help="list targets")
+    sub.add_parser("scenarios", help="list scenarios")
+    return parser
+
+
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from harness import hosttools
+    from harness.config.targets import resolve_targets
+
+    targets = resolve_targets(args.target)
+    extras = [e.strip() for e in args.extras.split(",") if e.strip()]
+    status = hosttools.check(targets, extras)
+    names = ", ".join(t.name for t in targets)
+    if not status.ok:
+        if args.check:
+            raise hosttools.MissingHostTools(
+                hosttools.describe(status), hint="\n  ".join(hosttools.fix_commands(status))
+            )
+        hosttools.ensure(targets, install=True, extras=extras)
+    for probe in hosttools.prove_toolchains(targets):
+        print(f"toolchain ok: {probe.compiler} ({'static link' if probe.link else 'compile'}: {probe.why})")
+    packages = len(hosttools.requirements(targets, extras))
+    print(f"host packages: {'all present' if status.ok else 'installed'} ({packages} for {names})")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Everything before boot, for each target: what CI runs once before tests that share the cache."""
+    import time
+
+    from harness import paths
+    from harness.config.targets import resolve_targets
+    from harness.run.session import RunOptions, default_run_dir, prepare_artifacts
+
+    kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
+    for target in resolve_targets(args.target):
+        started = time.monotonic()
+        opts = RunOptions(
+            target=target,
+            scenarios=[],
+            kmod=kmod,
+            out=default_run_dir(),
+            cache=paths.cache_dir(args.cache_dir),
+            install=not args.no_install,
+            transport=args.transport,
+        )
+        boot = prepare_artifacts(opts, log=lambda msg: print(f"  {msg}", flush=True))
+        print(f"prepared {target.name}: {boot.kernel} ({time.monotonic() - started:.1f} s)", flush=True)
+    return 0
+
+
+def cmd_list(kind: str) -> int:
+    if kind == "targets":
+        from harness.config.targets import load_target, target_paths
+
+        for path in target_paths():
+            t = load_target(path)
+            print(
+                f"{t.name:<16} {t.qemu.binary} -M {t.qemu.machine} -cpu {t.qemu.cpu}, cma={t.cma_mib}M: {t.description}"
+            )
+    else:
+        from harness.scenario.loader import load_scenario, scenario_paths
+
+        for path in scenario_paths():
+            s = load_scenario(path)
+            print(f"{s.name:<16} {len(s.steps):>3} steps  {s.description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import paths
+    from harness.config.targets import resolve_targets
+    from harness.report.terminal import print_matrix, print_summary
+    from harness.run.result import TransportKind
+    from harness.run.session import RunOptions, default_run_dir, execute, exit_code
+    from harness.scenario.loader import resolve_scenarios
+
+    targets = resolve_targets(args.target)  # every file is validated before anything runs
+    scenarios = resolve_scenarios(args.scenario or ["smoke"])
+    kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
+    if not (kmod / "Kbuild").exists() and not (kmod / "Makefile").exists():
+        raise ConfigError(f"--kmod {kmod}: not a kernel module source folder (no Makefile or Kbuild)")
+    out = Path(args.out).resolve() if args.out else default_run_dir()
+    console = _console()
+    quiet = not console.is_terminal
+
+    def on_stage(name: str, event: str, seconds: float) -> None:
+        if event == "start":
+            if not quiet:
+                console.print(f"[dim]… {name}[/dim]")
+        else:
+            mark = "[green]✓[/green]" if event == "done" else "[red]✗[/red]"
+            console.print(f"{mark} {name:<15} {seconds:7.2f} s")
+
+    records = []
+    for target in targets:
+        target_out = out if len(targets) == 1 else out / target.name
+        opts = RunOptions(
+            target=target,
+            scenarios=scenarios,
+            kmod=kmod,
+            out=target_out,
+            cache=paths.cache_dir(args.cache_dir),
+            update=args.update,
+            install=not args.no_install,
+            transport=TransportKind(args.transport),
+        )
+        if len(targets) > 1:
+            console.print(f"[bold]target {target.name}[/bold]")
+        record = execute(opts, on_stage, lambda msg: console.print(f"  [dim]{msg}[/dim]"))
+        print_summary(record, target_out, console)
+        records.append(record)
+    if len(records) > 1:
+        print_matrix(records, out, console)
+    # The worst outcome wins: infrastructure error (3) over failure (1) over pass (0).
+    return max(exit_code(r) for r in records)
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from harness import paths
+    from harness.config.targets import resolve_target
+    from harness.frontends.interactive import boot
+    from harness.run.result import TransportKind
+    from harness.run.session import RunOptions, default_run_dir
+
+    opts = RunOptions(
+        target=resolve_target(args.target),
+        scenarios=[],
+        kmod=Path(args.kmod).resolve() if args.kmod else paths.kmod_dir(),
+        out=Path(args.out).resolve() if args.out else default_run_dir(),
+        cache=paths.cache_dir(args.cache_dir),
+        transport=TransportKind(args.transport),
+    )
+    return boot(opts, lambda line: print(line, flush=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "setup":
+            return cmd_setup(args)
+        if args.command in ("targets", "scenarios"):
+            return cmd_list(args.command)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "boot":
+            return cmd_boot(args)
+        if args.command == "prepare":
+            return cmd_prepare(args)
+        if args.command in ("report", "compare"):
+            from harness.frontends.cli_reports import cmd_compare, cmd_report
+
+            return cmd_report(args) if args.command == "report" else cmd_compare(args)
+    except HarnessError as exc:
+        print(f"cma-harness: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cma-harness: interrupted; the guest was stopped", file=sys.stderr)
+        return 130
+    return EXIT_USAGE

@@ -1,0 +1,120 @@
+"""The guest's /init and the guest half of the serial command protocol.
+
+Protocol (one round trip per command). The host writes one line:
+
+    __h ID 'shell command'
+
+The guest runs the command in a subshell with stdin from /dev/null,
+stdout and stderr captured to files, then prints:
+
+    @@ID B
+    @IDo|<each stdout line, with '\\' and '[' escaped as '\\\\' and '\\x5b'>
+    @IDe|<each stderr line, escaped alike>
+    @@ID X <exit status> <md5 of stdout> <md5 of stderr>
+
+The kernel prints on the same console at any moment, even in the middle
+of a line. The host rebuilds stdout/stderr from the framed lines and checks
+them against the md5 sums; on a mismatch it asks for the same output again
+(`__e ID`), which costs a second round trip only when a kernel message
+actually landed inside the output. Before the first command, /init prints
+`@@boot` facts and `@@ready`.
+
+The console loglevel is raised to 8 once booted: every kernel message,
+including the driver's dump_mem records, then reaches the host on the
+console as it happens, which is what the live fault detector reads.
+"""
+
+from __future__ import annotations
+
+# Bumped when the script's protocol changes, so cached initramfs archives are rebuilt.
+FORMAT_VERSION = "4"
+
+READY_MARKER = "@@ready"
+BOOT_PREFIX = "@@boot "
+
+INIT_TEMPLATE = r"""#!/bin/sh
+# cma-harness guest init: mount, report boot facts, then run host commands.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+# No tty echo: the console then carries only what the guest prints, and a typed
+# command can never look like a kernel message.
+stty -echo 2>/dev/null
+echo 8 > /proc/sys/kernel/printk
+# A task stuck in D state (a driver deadlock) is reported after 10 s instead of 120 s.
+echo 10 > /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
+
+# __p PREFIX FILE: FILE with PREFIX before every line, '\' and '[' escaped (framed output
+# then never contains a printk timestamp). The trailing echo ends a last line that had no
+# newline; the empty line it may add is unframed and ignored by the host.
+__p() {
+	[ -s "$2" ] || return 0
+	sed -e 's/\\/\\\\/g' -e 's/\[/\\x5b/g' -e "s/^/$1/" "$2"
+	echo
+}
+echo "@@boot release=$(uname -r) machine=$(uname -m) uptime=$(cut -d' ' -f1 /proc/uptime)"
+dmesg | grep -E '@BOOT_FACTS@' >/tmp/.o
+grep -E '^Cma(Total|Free):' /proc/meminfo >/tmp/.e
+__p "@@boot dmesg " /tmp/.o
+__p "@@boot meminfo " /tmp/.e
+# __e ID STATUS: emit the saved output of command ID.
+__e() {
+	echo "@@$1 B"
+	__p "@$1o|" /tmp/.o
+	__p "@$1e|" /tmp/.e
+	set -- "$1" "${2:-$__rc}" $(md5sum /tmp/.o /tmp/.e)
+	echo "@@$1 X $2 $3 $5"
+}
+# __h ID COMMAND: run COMMAND in a subshell (a syntax error must not kill PID 1), then emit.
+__h() {
+	( eval "$2" ) </dev/null >/tmp/.o 2>/tmp/.e
+	__rc=$?
+	__e "$1" $__rc
+}
+@EXTRA@
+echo "@@ready"
+while IFS= read -r __line; do eval "$__line"; done
+echo "@@console closed"
+poweroff -f
+"""
+
+# /init for the bare-boot baseline: the cheapest possible guest cycle.
+BARE_INIT = """#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+echo "@@ready"
+/bin/busybox poweroff -f
+"""
+
+
+def init_script(extra: str = "") -> str:
+    from harness.oracles.dmesg import BOOT_FACT_PATTERN
+
+    return INIT_TEMPLATE.replace("@BOOT_FACTS@", BOOT_FACT_PATTERN).replace("@EXTRA@", extra)
+
+
+# SSH (transport ssh): virtio-net on QEMU's user network, dropbear with a host key made at
+# boot, printed on the console so the host can pin it. The client's public key arrives on
+# the kernel command line (cma_harness.sshkey=TYPE:BASE64): a fresh key per run, and the
+# initramfs stays the same from run to run. -s -g: no password logins at all.
+SSH_INIT = r"""
+for m in @MODULES@; do insmod /lib/modules/$m.ko || echo "@@boot ssh-error insmod $m failed"; done
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2
+mkdir -p /dev/pts /etc/dropbear /root/.ssh && mount -t devpts devpts /dev/pts
+echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+echo 'root:*:19000:0:99999:7:::' > /etc/shadow
+sed -n 's/.*cma_harness\.sshkey=\([^ ]*\).*/\1/p' /proc/cmdline | tr ':' ' ' > /root/.ssh/authorized_keys
+chmod 700 /root/.ssh && chmod 600 /root/.ssh/authorized_keys
+dropbearkey -t ed25519 -f /etc/dropbear/host_ed25519 >/dev/null 2>&1
+echo "@@boot sshd-hostkey $(dropbearkey -y -f /etc/dropbear/host_ed25519 | grep '^ssh-' | cut -d' ' -f1,2)"
+dropbear -r /etc/dropbear/host_ed25519 -s -g -p 22 || echo "@@boot ssh-error dropbear did not start"
+"""
+
+
+def ssh_init(modules: list[str]) -> str:
+    return SSH_INIT.replace("@MODULES@", " ".join(modules))

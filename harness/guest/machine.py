@@ -1,0 +1,233 @@
+"""A booted guest: QEMU + console listeners + boot facts + a transport. Used by `run` and tests."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from harness.config.targets import Target
+from harness.errors import GuestError
+from harness.guest import guestinit
+from harness.guest.console import Console, ConsoleClosed, ConsoleLine
+from harness.guest.kernel_log import KernelLog
+from harness.guest.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
+from harness.guest.transport.base import Transport
+from harness.guest.transport.serial import SerialTransport
+from harness.guest.transport.ssh import BARRIER, ClientKey, SshTransport, connect, pinned_host_key, write_known_hosts
+from harness.oracles.dmesg import CmaReservation, parse_checkers, parse_reservation
+from harness.oracles.faults import FaultDetector, KernelEvent
+
+KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
+
+
+@dataclass
+class BootFacts:
+    release: str = ""
+    reservation: CmaReservation | None = None
+    checkers: list[str] = field(default_factory=list)  # kasan, kmemleak, lockdep, dma-debug: what ran
+    boot_lines: list[str] = field(default_factory=list)
+    ready_after: float = 0.0  # seconds from QEMU start to the shell
+    ssh_after: float = 0.0  # seconds from QEMU start to an authenticated SSH session
+
+
+@dataclass
+class SshSetup:
+    """What an SSH-transport guest needs from the host: a loopback port and a fresh client key."""
+
+    port: int
+    key: ClientKey
+    known_hosts: Path  # written once the guest's host key is known (for the stock OpenSSH client)
+
+
+class Guest:
+    """Boot with `start()`, use `.transport`, always `stop()` (or use as a context manager)."""
+
+    def __init__(
+        self, target: Target, boot: BootFiles, console_log: IO[bytes] | None = None, ssh: SshSetup | None = None
+    ) -> None:
+        self.target = target
+        self.boot = boot
+        self.ssh = ssh
+        extra_args = ssh_netdev_args(ssh.port) if ssh else []
+        append = [ssh.key.cmdline_arg] if ssh else []
+        self.qemu = QemuProcess(qemu_command(target, boot, append, extra_args))
+        self.console_log = console_log
+        self.console: Console | None = None
+        self.transport: Transport | None = None
+        self.serial: SerialTransport | None = None
+        self.facts = BootFacts()
+        self.kernel_log = KernelLog()
+        self.detector = FaultDetector()
+        self.step = "boot"
+        self.on_spawn: Callable[[int], None] | None = None  # told QEMU's pid as soon as it exists
+        self._barriers: set[str] = set()
+        self._barrier_seen = threading.Condition()
+        self._pump: threading.Thread | None = None
+        self._pump_stop = threading.Event()
+
+    def _on_line(self, line: ConsoleLine) -> None:
+        if KERNEL_LINE.match(line.text):
+            if BARRIER in line.text:
+                with self._barrier_seen:
+                    self._barriers.add(line.text[line.text.index(BARRIER) :].strip())
+                    self._barrier_seen.notify_all()
+                return  # step bookkeeping, not the kernel's words
+            self.kernel_log.lines.append((self.step, line.text))
+        self.detector.feed(line.text, self.step)
+        if line.text.startswith(guestinit.BOOT_PREFIX):
+            self.facts.boot_lines.append(line.text[len(guestinit.BOOT_PREFIX) :])
+
+    def events(self) -> list[KernelEvent]:
+        # Includes an event whose report is still arriving: a hang or panic may never close it.
+        return self.detector.snapshot()
+
+    def start(self) -> Guest:
+        self.qemu.start()
+        if self.on_spawn is not None and self.qemu.pid is not None:
+            self.on_spawn(self.qemu.pid)
+        self.console = Console(self.qemu.child, self.console_log, self.qemu.started_at)
+        self.console.add_listener(self._on_line)
+        try:
+            self.console.wait_for(lambda s: s == guestinit.READY_MARKER, self.target.timeouts.boot, "the guest shell")
+        except GuestError as exc:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            exc.message = f"guest did not boot: {exc.message}"
+            exc.args = (exc.message,)
+            raise
+        except BaseException:
+            self.stop()
+            raise
+        self.facts.ready_after = time.monotonic() - self.qemu.started_at
+        text = "\n".join(self.facts.boot_lines)
+        m = re.search(r"release=(\S+)", text)
+        self.facts.release = m.group(1) if m else ""
+        self.facts.reservation = parse_reservation(text)
+        self.facts.checkers = parse_checkers(text)
+        self.step = "ready"
+        self.serial = SerialTransport(
+            self.console, self.target.timeouts.command, fatal_count=lambda: self.detector.fatal_count
+        )
+        self.transport = self.serial
+        if self.ssh is not None:
+            try:
+                self._start_ssh(self.ssh)
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def _start_ssh(self, ssh: SshSetup) -> None:
+        text = "\n".join(self.facts.boot_lines)
+        errors = re.findall(r"^ssh-error (.*)$", text, re.M)
+        if errors:
+            raise GuestError("the guest could not start its SSH server: " + "; ".join(errors), detail=self.tail())
+        m = re.search(r"^sshd-hostkey (.+)$", text, re.M)
+        if not m:
+            raise GuestError("the guest printed no SSH host key", detail=self.tail())
+        host_key = pinned_host_key(m.group(1))
+        write_known_hosts(ssh.known_hosts, ssh.port, host_key)
+        self.start_console_pump()  # from here on a thread reads the console
+        try:
+            client = connect(ssh.port, host_key, ssh.key, time.monotonic() + self.target.timeouts.ssh)
+        except GuestError as exc:
+            exc.detail = self.tail()
+            raise
+        self.facts.ssh_after = time.monotonic() - self.qemu.started_at
+        self.transport = SshTransport(client, self.wait_barrier, self.tail, self.target.timeouts.command)
+
+    def start_console_pump(self) -> None:
+        """Read the console on a thread (faults, the log) while nobody waits on it; no-op if running."""
+        if self._pump is not None:
+            return
+        self._pump_stop.clear()
+
+        def pump() -> None:
+            assert self.console is not None
+            while not self._pump_stop.is_set():
+                try:
+                    self.console.read_lines(0.05)
+                    self.console.discard_pending()  # nobody waits on console lines in SSH mode
+                except GuestError:
+                    with self._barrier_seen:
+                        self._barrier_seen.notify_all()
+                    return
+
+        self._pump = threading.Thread(target=pump, name="console-pump", daemon=True)
+        self._pump.start()
+
+    def stop_console_pump(self) -> None:
+        """Stop the console thread, e.g. before a person takes the console over."""
+        if self._pump is not None:
+            self._pump_stop.set()
+            self._pump.join(timeout=2)
+            self._pump = None
+
+    def wait_barrier(self, marker: str, timeout: float) -> bool:
+        """Wait until the console has shown a barrier line the guest wrote to /dev/kmsg."""
+        deadline = time.monotonic() + timeout
+        with self._barrier_seen:
+            while marker not in self._barriers:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.console is not None and self.console.closed):
+                    return False
+                self._barrier_seen.wait(remaining)
+            self._barriers.discard(marker)
+        return True
+
+    def kernel_time(self) -> float:
+        """The printk timestamp of the newest kernel line seen (0 if none)."""
+        return self.kernel_log.latest_time()
+
+    def set_step(self, name: str) -> None:
+        self.step = name
+
+    def barrier(self, _marker: str) -> None:
+        # Serial, -smp 1: printk reaches the console before the command that caused it returns,
+        # so what has arrived is complete; just consume what is pending. SSH commands wait for
+        # their own /dev/kmsg barrier in the transport.
+        if self.console is not None and self._pump is None:
+            self.console.drain(0)
+
+    def poweroff(self) -> bool:
+        """Ask the guest to power off; True if QEMU exited by itself within the shutdown timeout."""
+        self._close_ssh()
+        if self.console is None or not self.qemu.alive():
+            return not self.qemu.alive()
+        with contextlib.suppress(OSError, ConsoleClosed):
+            self.console.send_line("poweroff -f")
+        deadline = time.monotonic() + self.target.timeouts.shutdown
+        with contextlib.suppress(ConsoleClosed, GuestError):
+            while self.qemu.alive() and time.monotonic() < deadline:
+                self.console.read_lines(0.05)
+        return not self.qemu.alive()
+
+    def _close_ssh(self) -> None:
+        if isinstance(self.transport, SshTransport):
+            self.transport.close()
+        self.stop_console_pump()  # the main thread owns the console again
+
+    def stop(self) -> None:
+        self._close_ssh()
+        if self.console is not None:
+            self.console.drain(0)
+        self.qemu.stop()
+        self.detector.finish()
+
+    def tail(self, n: int = 40) -> str:
+        return self.console.tail(n) if self.console else ""
+
+    def __enter__(self) -> Guest:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def save_console(path: Path) -> IO[bytes]:
+    return path.open("wb", buffering=0)

@@ -1,0 +1,72 @@
+"""Every guest-side shell snippet the harness sends, in one place (the guest's /init is guestinit.py).
+
+They are strings for busybox sh; the functions that parse what they print live in harness/oracles.
+"""
+
+from __future__ import annotations
+
+from harness.oracles.symbolize import SECTIONS_MARKER
+
+MODULE = "cma_mem"
+MODULE_PATH = f"/lib/modules/{MODULE}.ko"
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
+PATTERN_PARAM = f"/sys/module/{MODULE}/parameters/test_pattern"
+# Exit codes of the capacity probe's own plumbing, distinct from cma_test's.
+PROBE_INSMOD_FAILED = 99
+PROBE_RMMOD_FAILED = 98
+CMA_USED_MARKER = "@cmaused "
+KMEMLEAK_MARKER = "@kmemleak "
+
+
+def wait_gone(pid: str) -> str:
+    """Shell that waits until a process has exited. A zombie counts as gone: it has closed its
+    files (the driver's release ran), and over SSH nobody may reap it soon."""
+    return f"while [ -e /proc/{pid} ] && ! grep -q '^State:.*Z' /proc/{pid}/status 2>/dev/null; do sleep 0.01; done"
+
+
+# Between two scenarios in one guest: no cma_test process left, the module unloaded.
+RESET_COMMAND = (
+    "killall -9 cma_test 2>/dev/null; for p in $(pidof cma_test); do " + wait_gone("$p") + "; done; "
+    f"rmmod {MODULE} 2>/dev/null; true"
+)
+
+
+def section_bases_command(module: str = MODULE) -> str:
+    """The guest shell command that prints a loaded module's section bases (root can read them)."""
+    return f"for f in /sys/module/{module}/sections/.*text*; do echo {SECTIONS_MARKER}${{f##*/}} $(cat $f); done"
+
+
+def insmod_command(params: str) -> str:
+    # Where this load put the module's code, printed in the same round trip: kmemleak reports
+    # read after rmmod then still name the driver's functions (harness/oracles/symbolize.py).
+    insmod = f"insmod {MODULE_PATH} {params}".strip()
+    return f"{insmod} && {section_bases_command()}"
+
+
+RMMOD_COMMAND = f"rmmod {MODULE}"
+# After a scenario: the driver's messages at warning level or worse (levels are only in /dev/kmsg).
+DRIVER_WARNINGS_COMMAND = f"dmesg -r | grep -E '^<[0-4]>' | grep -E '{MODULE}|dump_mem' ; true"
+
+
+def capacity_probe_command(chunks: str, mode: str) -> str:
+    """Allocate until ENOMEM (cma_test exhaust) with the module as it is, or loaded just for the probe
+    (after rmmod: what did unloading give back?). Also prints CMA debugfs page counts and, in 'check'
+    mode, kmemleak's report. Exit status: cma_test's, or PROBE_INSMOD_FAILED / PROBE_RMMOD_FAILED."""
+    measure = f"echo 0 > {PATTERN_PARAM}; cma_test exhaust {chunks}; rc=$?; echo 1 > {PATTERN_PARAM}"
+    # Where the kernel has them: CMA debugfs page counts (exact) and kmemleak (after the probe).
+    used = f"for f in /sys/kernel/debug/cma/*/used; do [ -e $f ] && echo {CMA_USED_MARKER.strip()} $(cat $f); done"
+    leaks = (
+        f"if [ -e {KMEMLEAK} ]; then "
+        + (
+            f"echo scan > {KMEMLEAK}; sleep 6; echo scan > {KMEMLEAK}; sed 's/^/{KMEMLEAK_MARKER}/' {KMEMLEAK}; "
+            if mode == "check"
+            else f"echo scan > {KMEMLEAK}; echo clear > {KMEMLEAK}; "  # earlier leaks are not ours
+        )
+        + "fi"
+    )
+    return (
+        f"if grep -q '^{MODULE} ' /proc/modules; then {measure}; else "
+        f"insmod {MODULE_PATH} test_pattern=0 || exit {PROBE_INSMOD_FAILED}; {section_bases_command()}; {measure}; "
+        f"rmmod {MODULE} || exit {PROBE_RMMOD_FAILED}; fi; "
+        f"{used}; {leaks}; exit $rc"
+    )

@@ -1,0 +1,139 @@
+"""Commands over the serial console, with the framing of harness.guest.guestinit.
+
+One line goes out per command and the reply is parsed from framed lines, so
+kernel messages interleaved with the output never change what the caller
+sees: the md5 sums printed by the guest prove the rebuilt output, and a
+corrupted reply is asked for again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shlex
+import time
+from collections.abc import Callable
+
+from harness.errors import GuestError
+from harness.guest.console import Console
+from harness.guest.transport.base import CommandResult
+
+END = re.compile(r"^@@(\d+) X (\d+) ([0-9a-f]{32}) ([0-9a-f]{32})$")
+# The canonical-mode tty takes at most 4095 bytes per line.
+MAX_LINE = 3800
+RE_EMIT_ATTEMPTS = 3
+# After an oops/BUG/panic the guest gets this long to finish the command; a dead task
+# holding a lock would otherwise make us wait for the full command timeout.
+FATAL_GRACE = 5.0
+
+
+_ESCAPE = re.compile(r"\\\\|\\x5b")
+
+
+def unescape(text: str) -> str:
+    """Undo the guest's framing escapes: '\\\\' -> '\\', '\\x5b' -> '['."""
+    return _ESCAPE.sub(lambda m: "\\" if m.group(0) == "\\\\" else "[", text)
+
+
+def rebuild(lines: list[str], prefix: str, md5: str) -> str | None:
+    """The text whose framed lines these are, if its md5 matches (with or without final newline)."""
+    body = [unescape(line[len(prefix) :]) for line in lines if line.startswith(prefix)]
+    if not body:
+        candidates = [""]
+    else:
+        joined = "\n".join(body)
+        candidates = [joined + "\n", joined]
+    for text in candidates:
+        if hashlib.md5(text.encode("utf-8", "surrogateescape")).hexdigest() == md5:
+            return text
+    return None
+
+
+class SerialTransport:
+    name = "serial"
+
+    def __init__(
+        self, console: Console, default_timeout: float = 60.0, fatal_count: Callable[[], int] = lambda: 0
+    ) -> None:
+        self.console = console
+        self.default_timeout = default_timeout
+        self.fatal_count = fatal_count  # kernel faults seen so far (the guest's fault detector)
+        self._next_id = 1
+
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        if len(command) > MAX_LINE:
+            raise GuestError(f"command too long for the serial console ({len(command)} bytes): {command[:80]}...")
+        timeout = timeout or self.default_timeout
+        cid = self._next_id
+        self._next_id += 1
+        started = time.monotonic()
+        self.console.send_line(f"__h {cid} {shlex.quote(command)}")
+        for _attempt in range(RE_EMIT_ATTEMPTS):
+            status, stdout, stderr = self._collect(cid, command, started + timeout, timeout)
+            if stdout is not None and stderr is not None:
+                return CommandResult(
+                    command=command,
+                    status=status,
+                    stdout=stdout,
+                    stderr=stderr,
+                    started=started - self.console.started_at,
+                    duration=time.monotonic() - started,
+                )
+            # A kernel message landed inside the framed output: ask for it again.
+            self.console.send_line(f"__e {cid}")
+        raise GuestError(
+            f"output of '{command}' stayed corrupted after {RE_EMIT_ATTEMPTS} attempts", detail=self.console.tail()
+        )
+
+    def _collect(self, cid: int, command: str, deadline: float, timeout: float) -> tuple[int, str | None, str | None]:
+        out_prefix, err_prefix = f"@{cid}o|", f"@{cid}e|"
+        begin = f"@@{cid} B"
+        framed: list[str] = []
+        started = False
+        fatal_before = self.fatal_count()
+        after_fault = False
+        while True:
+            if not after_fault and self.fatal_count() > fatal_before:
+                after_fault = True
+                deadline = min(deadline, time.monotonic() + FATAL_GRACE)
+            try:
+                line = self.console.next_line(deadline, f"'{command}'")
+            except GuestError as exc:
+                if after_fault:
+                    exc.message = f"guest stopped answering {FATAL_GRACE:.0f} s after a kernel fault: {command}"
+                else:
+                    exc.message = f"guest command timed out after {timeout:.0f} s: {command}"
+                exc.args = (exc.message,)
+                raise
+            text = line.text
+            if text == begin:
+                started, framed = True, []
+                continue
+            if not started:
+                continue
+            m = END.match(text)
+            if m and int(m.group(1)) == cid:
+                return (
+                    int(m.group(2)),
+                    rebuild(framed, out_prefix, m.group(3)),
+                    rebuild(framed, err_prefix, m.group(4)),
+                )
+            if text.startswith((out_prefix, err_prefix)):
+                framed.append(text)
+
+    def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write a file through the console: base64 in chunks that fit one tty line."""
+        encoded = base64.b64encode(data).decode()
+        tmp = f"{path}.b64"
+        self._check(self.run(f": > {shlex.quote(tmp)}"))
+        chunk = MAX_LINE - 100
+        for i in range(0, len(encoded), chunk):
+            self._check(self.run(f"echo {encoded[i : i + chunk]} >> {shlex.quote(tmp)}"))
+        q = shlex.quote(path)
+        self._check(self.run(f"base64 -d {shlex.quote(tmp)} > {q} && rm {shlex.quote(tmp)} && chmod {mode:o} {q}"))
+
+    @staticmethod
+    def _check(result: CommandResult) -> None:
+        if result.status != 0:
+            raise GuestError(f"guest command failed ({result.status}): {result.command}", detail=result.stderr)

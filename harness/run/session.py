@@ -1,0 +1,240 @@
+"""`cma-harness run`: stages from host check to verdict, each timed, everything kept in the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from harness import hosttools, paths
+from harness.artifacts import build, initramfs
+from harness.artifacts.debian import DebianProvider, ImageCache
+from harness.artifacts.kernels import vermagic
+from harness.artifacts.kernels.registry import kernel_provider
+from harness.config.targets import Target
+from harness.errors import GuestError, HarnessError
+from harness.guest import guestinit
+from harness.guest.qemu import BootFiles
+from harness.guest.shell import RESET_COMMAND
+from harness.run.result import RunResult, ScenarioSummary, TransportKind, Verdict
+from harness.scenario.model import Scenario
+from harness.scenario.runner import ScenarioResult, ScenarioRunner
+
+if TYPE_CHECKING:
+    from harness.guest.machine import Guest, SshSetup
+
+STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
+
+
+@dataclass
+class RunOptions:
+    target: Target
+    scenarios: list[Scenario]
+    kmod: Path
+    out: Path
+    cache: Path
+    update: bool = False
+    install: bool = True
+    transport: TransportKind = TransportKind.SERIAL
+
+
+class Stages:
+    """Times each stage and tells the UI."""
+
+    def __init__(self, record: RunResult, on_stage: Callable[[str, str, float], None]) -> None:
+        self.record = record
+        self.on_stage = on_stage
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.on_stage(name, "start", 0.0)
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.on_stage(name, "failed", self._add(name, started))
+            raise
+        self.on_stage(name, "done", self._add(name, started))
+
+    def _add(self, name: str, started: float) -> float:
+        # Stages that happen more than once (boot, scenario) add up.
+        seconds = time.monotonic() - started
+        self.record.timings[name] = round(self.record.timings.get(name, 0.0) + seconds, 4)
+        return seconds
+
+
+def default_run_dir(base: Path | None = None) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return (base or Path.cwd() / "runs") / stamp
+
+
+def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[str], None]) -> BootFiles:
+    """Host tools, images, builds and the initramfs: everything before QEMU starts."""
+    with stage("setup"):
+        hosttools.ensure([opts.target], install=opts.install, log=log, cache=opts.cache)
+    with stage("images"):
+        cache = ImageCache(opts.cache, log=log)
+        provider = DebianProvider(cache, update=opts.update)
+        kernel = kernel_provider(opts.target, cache, update=opts.update, install=opts.install).kernel(opts.target)
+        userspace = provider.busybox(opts.target)  # busybox always comes from Debian
+    record.kernel = {"package": kernel.package, "version": kernel.version, "release": kernel.release}
+    with stage("build kmod"):
+        ko = build.build_kmod(
+            opts.kmod, kernel.kdir, opts.target.kernel.make_arch, opts.target.kernel.cross_compile, opts.cache
+        )
+        # A module the kernel would refuse is a configuration error, told before boot.
+        vermagic.check_module(
+            ko, kernel.image, kernel.kdir, kernel.release, opts.cache, expected_release=opts.target.kernel.release
+        )
+    with stage("build userland"):
+        cma_test = build.build_cma_test(
+            paths.userland_dir(), paths.uapi_header(), opts.target.userland.cross_compile, opts.cache
+        )
+    with stage("initramfs"):
+        files = initramfs.GuestFiles(busybox=userspace.busybox, cma_test=cma_test, kmod=ko)
+        extra_init = ""
+        if opts.transport == "ssh":
+            from harness.artifacts.sshimage import ssh_files
+
+            ssh = ssh_files(provider, opts.target, kernel.modules)
+            files = dataclasses.replace(
+                files, extra_modules=ssh.modules, extra_files=ssh.files, extra_links=ssh.symlinks
+            )
+            extra_init = guestinit.ssh_init([m.stem for m in ssh.modules])
+        initrd = initramfs.cached_initramfs(
+            opts.cache, files, guestinit.init_script(extra_init), guestinit.FORMAT_VERSION
+        )
+    return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
+
+
+def prepare_artifacts(opts: RunOptions, log: Callable[[str], None] = print) -> BootFiles:
+    """Everything a run does before QEMU starts (host packages, images, builds, initramfs), cached.
+
+    For `cma-harness prepare` and CI: kernels are built once, before the tests that share them.
+    """
+    record = RunResult(target=opts.target.name)
+    return prepare(opts, Stages(record, lambda name, event, seconds: None), record, log)
+
+
+def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunResult) -> Guest:
+    from harness.guest.machine import Guest  # lazy: pulls in pexpect
+
+    with stage("boot"):
+        guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
+        guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
+        guest.start()
+    record.kernel["booted_release"] = guest.facts.release
+    record.kernel["checkers"] = guest.facts.checkers
+    res = guest.facts.reservation
+    record.cma = {"size_mib": res.size_mib, "base": hex(res.base)} if res else {}
+    if res is None:
+        record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
+    return guest
+
+
+def ssh_setup(out: Path) -> SshSetup:
+    """A loopback port and a fresh key pair for one guest, kept in the run directory."""
+    from harness.guest.machine import SshSetup
+    from harness.guest.transport.ssh import ClientKey, free_loopback_port
+
+    keys = out / "ssh"
+    keys.mkdir(parents=True, exist_ok=True)
+    keys.chmod(0o700)
+    return SshSetup(port=free_loopback_port(), key=ClientKey.generate(keys), known_hosts=keys / "known_hosts")
+
+
+def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
+    """A scenario's outcome into the run result (steps and blocks tagged with the scenario's name)."""
+    for step in outcome.steps:
+        step.scenario = outcome.name
+    record.steps += outcome.steps
+    record.blocks += [b.as_dict() | {"scenario": outcome.name} for b in outcome.live_blocks]
+    record.allocations += [b.as_dict() | {"scenario": outcome.name} for b in outcome.allocations]
+    record.extra_events += [e.as_dict() for e in outcome.extra_events]
+    verdict = Verdict.FAIL if outcome.failed else Verdict.PASS
+    duration = round(outcome.duration, 4)
+    record.scenarios.append(ScenarioSummary(outcome.name, outcome.path, verdict, len(outcome.steps), duration))
+
+
+def _run_scenario(guest: Guest, scenario: Scenario, record: RunResult) -> ScenarioRunner:
+    runner = ScenarioRunner.for_guest(guest, scenario.name)
+    try:
+        runner.run_scenario(scenario)
+    finally:
+        if runner.outcome is not None:
+            add_scenario(record, runner.outcome)
+    return runner
+
+
+def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: Callable[[str], None]) -> RunResult:
+    """Run everything; always leaves result.json (verdict error on infrastructure failure)."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    record = RunResult(
+        target=opts.target.name,
+        scenario=",".join(s.name for s in opts.scenarios),
+        kmod=str(opts.kmod),
+        transport=opts.transport,
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    stage = Stages(record, on_stage)
+    total_started = time.monotonic()
+    guest: Guest | None = None
+    all_events: list[dict[str, Any]] = []
+    try:
+        boot = prepare(opts, stage, record, log)
+        with (opts.out / "console.log").open("wb", buffering=0) as console_log:
+            try:
+                for index, scenario in enumerate(opts.scenarios):
+                    if guest is None:
+                        guest = boot_guest(opts, stage, boot, console_log, record)
+                    elif index:
+                        assert guest.transport is not None
+                        guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
+                    with stage("scenario"):
+                        runner = _run_scenario(guest, scenario, record)
+                    if runner.aborted is not None:
+                        # The guest hung or died: keep its story, boot a fresh one for what is left.
+                        record.console_tail = runner.aborted.detail or guest.tail()
+                        guest.stop()
+                        all_events += [e.as_dict() for e in guest.events()]
+                        guest = None
+                with stage("report"):
+                    if guest is not None:
+                        assert guest.transport is not None
+                        guest.set_step("report")
+                        dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
+                        (opts.out / "dmesg.txt").write_text(dmesg.stdout)
+                        guest.poweroff()
+            finally:
+                if guest is not None:
+                    guest.stop()
+                    all_events += [e.as_dict() for e in guest.events()]
+                    if not (opts.out / "dmesg.txt").exists():
+                        lines = [line for _, line in guest.kernel_log.lines]
+                        (opts.out / "dmesg.txt").write_text("\n".join(lines) + "\n")
+                record.kernel_events = all_events + record.extra_events
+        failed = any(s.verdict != Verdict.PASS for s in record.scenarios) or record.kernel_events or record.problems
+        record.verdict = Verdict.FAIL if failed else Verdict.PASS
+    except HarnessError as exc:
+        record.verdict = Verdict.ERROR
+        record.error = exc.render()
+        if isinstance(exc, GuestError):
+            record.console_tail = exc.detail
+    finally:
+        record.timings["total"] = round(time.monotonic() - total_started, 4)
+        record.write(opts.out / "result.json")
+    return record
+
+
+def _write_pid(out: Path, pid: int) -> None:
+    # For people and tests: which process is this run's guest.
+    (out / "qemu.pid").write_text(f"{pid}\n")
+
+
+def exit_code(record: RunResult) -> int:
+    return record.exit_code

@@ -1,0 +1,159 @@
+"""What a scenario is (steps parsed from YAML) and what running one produces (step results, blocks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from harness.oracles.dmesg import DumpMemRecord
+
+MAIN = "main"
+
+
+class StepStatus(StrEnum):
+    """A StrEnum: it is written to result.json as the plain string."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    args: dict[str, Any]
+    line: int
+    body: tuple[Step, ...] = ()  # repeat
+
+    def describe(self) -> str:
+        defaults = {"process": MAIN, "expect": "0", "ptr": "ok", "steps": None}
+        shown = " ".join(
+            f"{k}={_short(v)}"
+            for k, v in self.args.items()
+            if v not in (None, "", [], {}) and (k not in defaults or defaults[k] != v) and k != "steps"
+        )
+        return f"{self.kind} {shown}".strip()
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: Path
+    description: str
+    steps: list[Step] = field(default_factory=list)
+
+
+@dataclass
+class CommandRecord:
+    """One guest command of a step, as result.json keeps it (output truncated)."""
+
+    command: str
+    status: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "status": self.status,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "duration": self.duration,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommandRecord:
+        return cls(data["command"], data["status"], data["stdout"], data["stderr"], data["duration"])
+
+
+@dataclass
+class StepResult:
+    index: int
+    name: str
+    line: int = 0
+    status: StepStatus = StepStatus.PASS
+    duration: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    commands: list[CommandRecord] = field(default_factory=list)
+    subtests: list[dict[str, Any]] = field(default_factory=list)
+    scenario: str = ""  # set once the step belongs to a run's result
+
+    def fail(self, problem: str) -> None:
+        self.status = StepStatus.FAIL
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def fail_all(self, problems: list[str]) -> None:
+        for problem in problems:
+            self.fail(problem)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": self.index,
+            "name": self.name,
+            "line": self.line,
+            "status": str(self.status),
+            "duration": round(self.duration, 4),
+            "problems": self.problems,
+            "commands": [c.to_json() for c in self.commands],
+            "subtests": self.subtests,
+        }
+        if self.scenario:
+            out["scenario"] = self.scenario
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepResult:
+        return cls(
+            index=data["index"],
+            name=data["name"],
+            line=data.get("line", 0),
+            status=StepStatus(data["status"]),
+            duration=data.get("duration", 0.0),
+            problems=list(data.get("problems", [])),
+            commands=[CommandRecord.from_json(c) for c in data.get("commands", [])],
+            subtests=list(data.get("subtests", [])),
+            scenario=data.get("scenario", ""),
+        )
+
+
+@dataclass
+class Block:
+    """A live allocation as the runner models it: the ioctl's view, and the dump_mem record matched to it."""
+
+    name: str
+    process: str
+    id: int
+    phys: int
+    length: int
+    user: int
+    kind: str
+    dmesg: DumpMemRecord | None = None
+    step: int = 0  # index of the step that allocated it
+    freed_at: int | None = None  # index of the step that freed it by name (None: process exit, or live)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.dmesg
+        return {
+            "name": self.name,
+            "process": self.process,
+            "type": self.kind,
+            "step": self.step,
+            "freed_at": self.freed_at,
+            "ioctl": {"id": self.id, "phys": hex(self.phys), "len": self.length, "user": hex(self.user)},
+            "dmesg": None
+            if d is None
+            else {"id": d.id, "phys": _hex(d.phys), "len": d.size, "user": _hex(d.user), "usebuf": d.usebuf},
+        }
+
+
+def _hex(value: int | None) -> str | None:
+    return None if value is None else hex(value)

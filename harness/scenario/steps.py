@@ -1,0 +1,586 @@
+"""The step-kind registry: each kind of scenario step is defined once, here, with everything about it.
+
+A `StepKind` declares, in one place:
+- `fields`: its YAML schema (types, defaults, errors with file:line come from harness.config.yamlconf);
+- `shorthand`: the one field a bare value fills (`free: mem1` is `free: {name: mem1}`);
+- `check`: the static check run on load, before anything boots (blocks and processes exist);
+- `words`: for steps that are cma_test words, how they compile (such steps batch inside `repeat`);
+- `run`: what it does against the guest, through the DriverClient, failing the StepResult.
+
+Adding a step kind is one `register(StepKind(...))` in this file (docs/architecture.md shows one).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.config import abi
+from harness.config.yamlconf import Field, Schema, is_int, is_number, is_positive_int, is_str, one_of, parse_size
+from harness.errors import ConfigError
+from harness.guest.shell import (
+    CMA_USED_MARKER,
+    KMEMLEAK_MARKER,
+    PROBE_INSMOD_FAILED,
+    PROBE_RMMOD_FAILED,
+    RMMOD_COMMAND,
+    capacity_probe_command,
+    insmod_command,
+)
+from harness.oracles.checks import CAPACITY_CHUNKS, capacity_problems, rmmod_problems
+from harness.oracles.cmatest import parse_records
+from harness.oracles.ktap import parse_ktap, plan
+from harness.scenario.client import DriverClient
+from harness.scenario.model import MAIN, Step, StepResult, StepStatus
+
+# cma_test steps per guest command in a batched repeat (a console line holds ~4 KiB).
+BATCH_CHARS = 3000
+
+Words = tuple[str, dict[str, str]]  # cma_test words, and the memory type of each block they allocate
+
+
+# --- static checks: names and processes, before anything boots -------------------
+
+
+@dataclass
+class LiveModel:
+    """Which blocks each process holds at this point of the scenario, as far as the file says."""
+
+    live: dict[str, set[str]] = field(default_factory=dict)  # process -> block names
+
+    def need_block(self, step: Step, source: str, name: str, process: str) -> None:
+        if name not in self.live.get(process, set()):
+            raise ConfigError(
+                f"{source}:{step.line}: step '{step.kind}': block '{name}' is not allocated "
+                f"in process '{process}' at this point"
+            )
+
+    def need_process(self, step: Step, source: str, process: str) -> None:
+        if process not in self.live:
+            raise ConfigError(f"{source}:{step.line}: step '{step.kind}': process '{process}' is not running")
+
+
+def starts_process(step: Step, model: LiveModel, source: str) -> set[str]:
+    """The default static check: the step's process (main unless named) runs from here on."""
+    return model.live.setdefault(step.args.get("process", MAIN), set())
+
+
+def _succeeds(step: Step) -> bool:
+    return bool(step.args.get("expect", "0") == "0")
+
+
+def needs_blocks(*names_of: Callable[[dict[str, Any]], list[str]], always: bool = False) -> Callable[..., None]:
+    """A static check: the named blocks are live in the step's process (if the step must succeed,
+    or `always`: reading a pattern from a block that is not there is never what a scenario means)."""
+
+    def check(step: Step, model: LiveModel, source: str) -> None:
+        if always or _succeeds(step):
+            for names in names_of:
+                for name in names(step.args):
+                    model.need_block(step, source, name, step.args.get("process", MAIN))
+
+    return check
+
+
+def ends_process(step: Step, model: LiveModel, source: str) -> None:
+    model.need_process(step, source, step.args["process"])
+    model.live.pop(step.args["process"])
+
+
+# --- field value checks ------------------------------------------------------------
+
+
+def block_name(value: Any) -> str:
+    name_max = abi.name_len() - 1  # the NUL takes one byte
+    if not isinstance(value, str) or not value or len(value.encode()) > name_max or " " in value:
+        raise ValueError(f"a block name of 1..{name_max} characters without spaces")
+    return value
+
+
+def block_names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError("a block name or a list of block names")
+    return [block_name(v) for v in value]
+
+
+def process_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.replace("-", "").replace("_", "").isalnum() or len(value) > 32:
+        raise ValueError("a process name (letters, digits, - and _)")
+    return value
+
+
+def errno_name(value: Any) -> str:
+    if value in (0, "0", None):
+        return "0"
+    if isinstance(value, str) and value.isupper() and value.startswith("E") and value.isalnum():
+        return value
+    raise ValueError("an errno name like EINVAL (or 0 for success)")
+
+
+def raw_name(value: Any) -> str:
+    # Raw ioctls may pass any name, including empty ("-") and overlong ones.
+    if value in ("", None):
+        return "-"
+    if not isinstance(value, str) or " " in value or len(value) > 64:
+        raise ValueError("a name without spaces, at most 64 characters ('' for empty)")
+    return value
+
+
+def ioctl_cmd(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and (value in abi.command_names() or value.startswith("0x")):
+        return value
+    raise ValueError("a CMEM_* command from the uapi header or a number: " + ", ".join(abi.command_names()))
+
+
+def mmap_offset(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.startswith("@"):
+        name, _, extra = value[1:].partition("+")
+        block_name(name)
+        if extra:
+            parse_size(extra)
+        return value
+    raise ValueError("a byte offset, or '@NAME' / '@NAME+BYTES' for a block's own offset")
+
+
+def cma_steps(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "'" in value or ";" in value:
+        raise ValueError("cma_test steps as one string (see userland/README.md)")
+    return value.strip()
+
+
+def regex(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a regular expression")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"a valid regular expression ({exc})") from None
+    return value
+
+
+PROCESS = Field("process", process_name, default=MAIN, doc="the cma_test process that owns the blocks")
+EXPECT = Field("expect", errno_name, default="0", doc="errno the call must fail with (0: must succeed)")
+
+
+# --- the registry ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepKind:
+    name: str
+    fields: tuple[Field, ...]
+    run: Callable[[DriverClient, Step, StepResult], None]
+    shorthand: str | None = None
+    check: Callable[[Step, LiveModel, str], object] = starts_process
+    words: Callable[[Step], Words] | None = None  # set: a cma_test step, batched inside repeat
+    body: bool = False  # has nested steps (repeat: its `steps` field)
+
+    @property
+    def schema(self) -> Schema:
+        return Schema(list(self.fields))
+
+
+REGISTRY: dict[str, StepKind] = {}
+
+
+def register(kind: StepKind) -> StepKind:
+    assert kind.name not in REGISTRY, f"step kind {kind.name} defined twice"
+    REGISTRY[kind.name] = kind
+    return kind
+
+
+def kind_of(step: Step) -> StepKind:
+    return REGISTRY[step.kind]
+
+
+def execute(client: DriverClient, step: Step, result: StepResult) -> None:
+    """Run one step of any kind (the runner's loop and `repeat` both dispatch here)."""
+    REGISTRY[step.kind].run(client, step, result)
+
+
+def static_check(step: Step, model: LiveModel, source: str) -> None:
+    REGISTRY[step.kind].check(step, model, source)
+
+
+# --- cma_test steps: one guest command each, batched inside repeat -------------------
+
+
+def _expect(a: dict[str, Any]) -> str:
+    return f" expect={a['expect']}" if a.get("expect", "0") != "0" else ""
+
+
+def run_words(client: DriverClient, step: Step, result: StepResult) -> None:
+    words, kinds = REGISTRY[step.kind].words(step)  # type: ignore[misc]
+    client.cma(result, step.args.get("process", MAIN), words, kinds)
+
+
+def _alloc_check(step: Step, model: LiveModel, source: str) -> None:
+    live = starts_process(step, model, source)
+    if _succeeds(step):
+        live.add(step.args["name"])
+
+
+register(
+    StepKind(
+        "alloc",
+        (
+            Field("name", block_name, required=True),
+            Field("size", parse_size, required=True, doc="bytes, e.g. 800*480*4 or 4M"),
+            Field("type", one_of("wc", "coherent"), default="wc"),
+            PROCESS,
+            EXPECT,
+        ),
+        run=run_words,
+        check=_alloc_check,
+        words=lambda s: (
+            f"alloc {s.args['name']} {s.args['size']} {s.args['type']}{_expect(s.args)}",
+            {s.args["name"]: s.args["type"]},
+        ),
+    )
+)
+
+
+def _free_check(step: Step, model: LiveModel, source: str) -> None:
+    needs_blocks(lambda a: [a["name"]])(step, model, source)
+    if _succeeds(step):
+        model.live[step.args["process"]].discard(step.args["name"])
+
+
+register(
+    StepKind(
+        "free",
+        (Field("name", block_name, required=True), PROCESS, EXPECT),
+        run=run_words,
+        shorthand="name",
+        check=_free_check,
+        words=lambda s: (f"free {s.args['name']}{_expect(s.args)}", {}),
+    )
+)
+register(
+    StepKind(
+        "verify",
+        (Field("names", block_names, required=True), PROCESS),
+        run=run_words,
+        shorthand="names",
+        check=needs_blocks(lambda a: a["names"], always=True),
+        words=lambda s: (" ".join(f"verify {n}" for n in s.args["names"]), {}),
+    )
+)
+for _pattern_kind in ("write", "check"):
+    register(
+        StepKind(
+            _pattern_kind,
+            (Field("name", block_name, required=True), Field("seed", is_int, default=1), PROCESS),
+            run=run_words,
+            check=needs_blocks(lambda a: [a["name"]], always=True),
+            words=lambda s: (f"{s.kind} {s.args['name']} {s.args['seed']}", {}),
+        )
+    )
+register(
+    StepKind(
+        "info",
+        (Field("name", block_name, required=True), PROCESS, EXPECT),
+        run=run_words,
+        check=needs_blocks(lambda a: [a["name"]]),
+        words=lambda s: (f"info {s.args['name']}{_expect(s.args)}", {}),
+    )
+)
+
+
+def _ioctl_words(s: Step) -> Words:
+    a = s.args
+    ptr = f" ptr={a['ptr']}" if a["ptr"] != "ok" else ""
+    return f"raw {a['cmd']} {a['name']} {a['len']} {a['flags']}{ptr}{_expect(a)}", {}
+
+
+register(
+    StepKind(
+        "ioctl",
+        (
+            Field("cmd", ioctl_cmd, required=True),
+            Field("name", raw_name, default="-"),
+            Field("len", parse_size, default=0),
+            Field("flags", is_int, default=0),
+            Field("ptr", one_of("ok", "bad", "ro"), default="ok"),
+            PROCESS,
+            EXPECT,
+        ),
+        run=run_words,
+        words=_ioctl_words,
+    )
+)
+register(
+    StepKind(
+        "mmap",
+        (Field("offset", mmap_offset, required=True), Field("len", parse_size, required=True), PROCESS, EXPECT),
+        run=run_words,
+        # '@NAME' offsets name a block that must be there; a plain byte offset names none.
+        check=needs_blocks(lambda a: [a["offset"][1:].partition("+")[0]] if a["offset"].startswith("@") else []),
+        words=lambda s: (f"mmap {s.args['offset']} {s.args['len']}{_expect(s.args)}", {}),
+    )
+)
+register(
+    StepKind(
+        "cma",
+        (Field("run", cma_steps, required=True), PROCESS),
+        run=run_words,
+        words=lambda s: (s.args["run"], {}),
+    )
+)
+
+
+def _fragment(client: DriverClient, step: Step, result: StepResult) -> None:
+    a = step.args
+    n, size, kind = a["count"], a["size"], a["type"]
+    words = [f"alloc frag.{i} {size} {kind}" for i in range(n)]
+    words += [f"free frag.{i}" for i in range(0, n, 2)]
+    words.append(f"alloc frag.large {a['large']} {kind}{_expect(a)}")
+    kinds = {f"frag.{i}": kind for i in range(n)} | {"frag.large": kind}
+    client.cma(result, a["process"], " ".join(words), kinds)
+
+
+def _fragment_check(step: Step, model: LiveModel, source: str) -> None:
+    live = starts_process(step, model, source)
+    live.update(f"frag.{i}" for i in range(1, step.args["count"], 2))  # the odd-numbered blocks stay
+    if _succeeds(step):
+        live.add("frag.large")
+
+
+register(
+    StepKind(
+        "fragment",
+        (
+            Field("count", is_positive_int, required=True),
+            Field("size", parse_size, required=True),
+            Field("large", parse_size, required=True),
+            Field("type", one_of("wc", "coherent"), default="coherent"),
+            PROCESS,
+            EXPECT,
+        ),
+        run=_fragment,
+        check=_fragment_check,
+    )
+)
+
+
+def _exhaust(client: DriverClient, step: Step, result: StepResult) -> None:
+    records = client.cma(result, step.args["process"], f"exhaust {step.args['chunk']}")
+    for record in records:
+        if record.op == "exhaust" and record.ok and not record.int("total"):
+            result.fail("exhaust: not a single chunk could be allocated")
+
+
+register(StepKind("exhaust", (Field("chunk", parse_size, required=True), PROCESS), run=_exhaust))
+
+
+# --- processes and the module ------------------------------------------------------
+
+
+def _spawn(client: DriverClient, step: Step, result: StepResult) -> None:
+    client.ensure_process(result, step.args["process"])
+
+
+def _kill(client: DriverClient, step: Step, result: StepResult) -> None:
+    process = step.args["process"]
+    pid = client.state.processes.get(process)
+    if pid is None:
+        result.fail(f"process '{process}' is not running")
+        return
+    client.wait_gone(result, pid, f"kill -9 {pid}")
+    # The driver's release() frees a killed process's blocks; the capacity check proves it.
+    client.forget_process(process)
+
+
+def _exit(client: DriverClient, step: Step, result: StepResult) -> None:
+    process = step.args["process"]
+    pid = client.state.processes.get(process)
+    client.cma(result, process, "exit")
+    if pid is not None:
+        client.wait_gone(result, pid, ":")
+    client.forget_process(process)
+
+
+register(StepKind("spawn", (Field("process", process_name, required=True),), run=_spawn, shorthand="process"))
+register(
+    StepKind(
+        "kill", (Field("process", process_name, required=True),), run=_kill, shorthand="process", check=ends_process
+    )
+)
+register(
+    StepKind(
+        "exit", (Field("process", process_name, required=True),), run=_exit, shorthand="process", check=ends_process
+    )
+)
+
+
+def _insmod(client: DriverClient, step: Step, result: StepResult) -> None:
+    out = client.run(result, insmod_command(step.args["params"]))
+    client.note_module_load(out.stdout)
+    if out.status != 0:
+        result.fail(f"insmod failed ({out.status}): {out.stderr.strip()}")
+
+
+def _rmmod(client: DriverClient, step: Step, result: StepResult) -> None:
+    out = client.run(result, RMMOD_COMMAND)
+    result.fail_all(rmmod_problems(step.args["expect"], out.status, out.stderr))
+
+
+register(StepKind("insmod", (Field("params", is_str, default=""),), run=_insmod))
+register(StepKind("rmmod", (Field("expect", one_of("ok", "busy"), default="ok"),), run=_rmmod))
+
+
+def _repeat(client: DriverClient, step: Step, result: StepResult) -> None:
+    times, body = step.args["times"], step.body
+    processes = {s.args.get("process", MAIN) for s in body}
+    if all(REGISTRY[s.kind].words is not None for s in body) and len(processes) == 1:
+        # A pure cma_test body: as many iterations per guest command as fit on one line.
+        [process] = processes
+        compiled = [REGISTRY[s.kind].words(s) for s in body]  # type: ignore[misc]
+        words = " ".join(w for w, _ in compiled)
+        kinds = {name: kind for _, k in compiled for name, kind in k.items()}
+        per_call = max(1, BATCH_CHARS // (len(words) + 1))
+        done = 0
+        while done < times and result.status == StepStatus.PASS:
+            batch = min(per_call, times - done)
+            client.cma(result, process, " ".join([words] * batch), kinds)
+            done += batch
+        result.name = f"{result.name} ({done}/{times} iterations)"
+        return
+    for _ in range(times):
+        for inner in body:
+            execute(client, inner, result)
+        if result.status != StepStatus.PASS:
+            break
+
+
+def _repeat_check(step: Step, model: LiveModel, source: str) -> None:
+    for inner in step.body:
+        static_check(inner, model, source)
+
+
+register(
+    StepKind(
+        "repeat",
+        (Field("times", is_positive_int, required=True), Field("steps", lambda v: v, required=True)),
+        run=_repeat,
+        check=_repeat_check,
+        body=True,
+    )
+)
+
+
+def _capacity(client: DriverClient, step: Step, result: StepResult) -> None:
+    """The largest total the driver can allocate: an allocator-level leak check.
+
+    CmaFree in /proc/meminfo cannot be used (freed pages linger on per-CPU
+    lists); allocating until ENOMEM measures what really came back. Big
+    chunks first, then the granule, so the probe stays fast. In 'check'
+    mode the module is loaded just for the probe.
+    """
+    mode = step.args["mode"]
+    chunks = ",".join(str(chunk) for chunk in CAPACITY_CHUNKS)
+    probe = client.run(result, capacity_probe_command(chunks, mode), timeout=client.command_timeout + 15)
+    if probe.status in (PROBE_RMMOD_FAILED, PROBE_INSMOD_FAILED):
+        what = "insmod" if probe.status == PROBE_INSMOD_FAILED else "rmmod"
+        result.fail(f"capacity probe: {what} failed: {probe.stderr.strip()}")
+        return
+    client.note_module_load(probe.stdout)
+    lines = probe.stdout.splitlines()
+    leaks = [line[len(KMEMLEAK_MARKER) :] for line in lines if line.startswith(KMEMLEAK_MARKER)]
+    client.check_kmemleak(result, "\n".join(leaks))
+    used_pages = sum(int(line.split()[1]) for line in lines if line.startswith(CMA_USED_MARKER))
+    has_debugfs = CMA_USED_MARKER in probe.stdout
+    records = [r for r in parse_records(probe.stdout) if r.op == "exhaust"]
+    total = records[0].int("total") if records else None
+    if total is None:
+        result.fail(f"capacity probe printed no total: {probe.stdout.strip()} {probe.stderr.strip()}")
+        return
+    state = client.state
+    if mode == "baseline":
+        state.capacity_baseline = total
+        state.cma_used_baseline = used_pages if has_debugfs else None
+        return
+    state.capacity_check = total
+    result.fail_all(
+        capacity_problems(state.capacity_baseline, total, state.cma_used_baseline, used_pages if has_debugfs else None)
+    )
+
+
+register(
+    StepKind("capacity", (Field("mode", one_of("baseline", "check"), required=True),), run=_capacity, shorthand="mode")
+)
+
+
+# --- host-side observations ----------------------------------------------------------
+
+
+def _shell(client: DriverClient, step: Step, result: StepResult) -> None:
+    out = client.run(result, step.args["run"], step.args["timeout"])
+    if out.status != step.args["expect_status"]:
+        result.fail(f"'{step.args['run']}' exited {out.status}, expected {step.args['expect_status']}")
+
+
+def _ktap(client: DriverClient, step: Step, result: StepResult) -> None:
+    out = client.run(result, step.args["run"], step.args["timeout"])
+    points = parse_ktap(out.stdout)
+    result.subtests = [p.as_dict() for p in points]
+    planned = plan(out.stdout)
+    if not points:
+        result.fail(f"'{step.args['run']}' printed no KTAP/TAP result (exit {out.status})")
+    for point in points:
+        if point.status == "fail":
+            result.fail(f"not ok {point.number} {point.name}")
+    top = [p for p in points if p.depth == 0]
+    if planned is not None and len(top) != planned:
+        result.fail(f"planned {planned} tests, {len(top)} reported")
+
+
+def _dmesg(client: DriverClient, step: Step, result: StepResult) -> None:
+    client.barrier("dmesg")
+    lines = [line for _, line in client.kernel_log.lines]
+    contains, absent = step.args["contains"], step.args["absent"]
+    if contains and not any(re.search(contains, line) for line in lines):
+        result.fail(f"kernel log has no line matching /{contains}/")
+    if absent:
+        hits = [line for line in lines if re.search(absent, line)]
+        if hits:
+            result.fail(f"kernel log has a line matching /{absent}/: {hits[0]}")
+
+
+register(
+    StepKind(
+        "shell",
+        (
+            Field("run", is_str, required=True),
+            Field("expect_status", is_int, default=0),
+            Field("timeout", is_number, default=None, doc="seconds; default: the target's command timeout"),
+        ),
+        run=_shell,
+        shorthand="run",
+    )
+)
+register(
+    StepKind(
+        "ktap",
+        (Field("run", is_str, required=True), Field("timeout", is_number, default=None)),
+        run=_ktap,
+        shorthand="run",
+    )
+)
+register(
+    StepKind(
+        "dmesg",
+        (Field("contains", regex, default=None), Field("absent", regex, default=None)),
+        run=_dmesg,
+    )
+)
+
+ALL_STEPS = sorted(REGISTRY)
