@@ -80,6 +80,11 @@ class RunResult:
     console_tail: str = ""  # set when the guest died or hung
     extra_events: list[dict[str, Any]] = field(default_factory=list)  # kernel events not from the console
     schema_version: int = SCHEMA_VERSION
+    # Optional (absent in older files): the effective configuration after command-line overrides
+    # (qemu argv, kernel command line, CMA, memory, smp, timeouts, files put into the guest) and
+    # the provenance (sha256 of what was booted and loaded, versions, commit, host).
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +107,8 @@ class RunResult:
             "console_tail": self.console_tail,
             "extra_events": self.extra_events,
             "schema_version": self.schema_version,
+            "config": self.config,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -131,6 +138,8 @@ class RunResult:
                 problems=list(data.get("problems", [])),
                 console_tail=data.get("console_tail", ""),
                 extra_events=list(data.get("extra_events", [])),
+                config=dict(data.get("config", {})),
+                provenance=dict(data.get("provenance", {})),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ResultError(f"{source}: not a valid run result ({exc!r})") from None

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
+from harness.config.guestfiles import is_file_list, parse_files
 from harness.config.yamlconf import (
     Field,
     LocatedDict,
@@ -91,6 +92,7 @@ SCENARIO_SCHEMA = Schema(
         Field("name", is_str, default=""),
         Field("description", is_str, default=""),
         Field("steps", lambda v: v, required=True, doc="the list of steps"),
+        Field("files", is_file_list, default=[], doc="files into the guest: 'SRC[:DEST]', {src, dest}, {kselftest}"),
     ]
 )
 
@@ -102,7 +104,8 @@ def load_scenario(path: Path) -> Scenario:
     model = LiveModel()
     for step in steps:
         static_check(step, model, str(path))
-    return Scenario(name=top["name"] or path.stem, path=path, description=top["description"], steps=steps)
+    files = parse_files(top["files"], str(path), root.line_of("files"))
+    return Scenario(name=top["name"] or path.stem, path=path, description=top["description"], steps=steps, files=files)
 
 
 def scenario_paths(folder: Path | None = None) -> list[Path]:
