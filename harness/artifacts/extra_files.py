@@ -71,12 +71,18 @@ def elf_problem(data: bytes, arch: str) -> str:
             break
         (p_type,) = struct.unpack_from(endian + "I", data, at)
         if p_type == PT_INTERP:
-            off, size = (
-                struct.unpack_from(endian + "QQ", data, at + 8)
-                if ei_class == 2
-                else struct.unpack_from(endian + "II", data, at + 4)
-            )
-            interp = data[off : off + size].rstrip(b"\0").decode(errors="replace")
+            # p_offset and p_filesz (Elf64_Phdr: type, flags, offset, vaddr, paddr, filesz; Elf32: no flags there)
+            if ei_class == 2:
+                off, size = (
+                    struct.unpack_from(endian + "Q", data, at + 8)[0],
+                    struct.unpack_from(endian + "Q", data, at + 32)[0],
+                )
+            else:
+                off, size = (
+                    struct.unpack_from(endian + "I", data, at + 4)[0],
+                    struct.unpack_from(endian + "I", data, at + 16)[0],
+                )
+            interp = data[off : off + size].split(b"\0")[0].decode(errors="replace")
             return (
                 f"is dynamically linked (it needs {interp}); the guest has no C library or loader: link it with -static"
             )
@@ -116,6 +122,19 @@ def _host_files(spec: FileSpec, src: Path) -> list[tuple[str, Path]]:
     if not out:
         raise ConfigError(f"{spec.origin}: files: folder {src} holds no files")
     return out
+
+
+def check_files(specs: list[FileSpec], target: Target) -> None:
+    """The host files among `specs` can run in the guest (kselftests are checked once built): before anything runs."""
+    for spec in specs:
+        if spec.src is None:
+            continue
+        for dest, host in _host_files(spec, spec.src):
+            if dest in RESERVED:
+                raise ConfigError(f"{spec.origin}: files: /{dest} is the harness's own; choose another destination")
+            problem = elf_problem(host.read_bytes()[:65536], target.userland.deb_arch)
+            if problem:
+                raise ConfigError(f"{spec.origin}: files: {host} {problem}")
 
 
 def stage_files(

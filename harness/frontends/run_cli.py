@@ -107,6 +107,10 @@ class Invocation:
         scenarios = resolve_scenarios(specs)
         self.scenarios: list[Scenario] = select(scenarios, args.select) if args.select else scenarios
         self.files: list[FileSpec] = [parse_add(v, Path.cwd(), "--add") for v in args.add]
+        from harness.artifacts.extra_files import check_files
+
+        for target in self.targets:  # a dynamic or foreign program is refused before anything is built
+            check_files([*target.files, *(f for s in self.scenarios for f in s.files), *self.files], target)
         self.kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
         if not (self.kmod / "Kbuild").exists() and not (self.kmod / "Makefile").exists():
             raise ConfigError(f"--kmod {self.kmod}: not a kernel module source folder (no Makefile or Kbuild)")
@@ -254,9 +258,7 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         results.append((target_out, record))
     if len(results) > 1:
         print_matrix([r for _, r in results], root, console)
-    console.print(
-        f"{len(jobs)} jobs in {wall:.1f} s wall ({sum(j.ended - j.started for j in jobs):.1f} s of job time)"
-    )
+    console.print(f"{len(jobs)} jobs in {wall:.1f} s wall ({sum(j.ended - j.started for j in jobs):.1f} s of job time)")
     return results
 
 
