@@ -149,7 +149,8 @@ def stage_files(
         if spec.kselftest:
             src = build_kselftest(spec)
             what = f"kselftest {spec.kselftest} ({spec.source_package})"
-            entries = [((spec.dest or f"/usr/bin/{src.name}").lstrip("/"), src)]
+            dest = spec.dest + src.name if spec.dest.endswith("/") else spec.dest or f"/usr/bin/{src.name}"
+            entries = [(dest.lstrip("/"), src)]
         else:
             assert spec.src is not None
             what = str(spec.src)

@@ -149,6 +149,14 @@ def locked_packages(target: Target, extra_sources: list[str]) -> list[dict[str, 
     return out
 
 
+def code_hash(package: Path) -> str:
+    """The harness's Python sources (not their bytecode caches), 20 hex."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:20]
+
+
 def host_facts() -> dict[str, Any]:
     u = platform.uname()
     return {
@@ -196,7 +204,12 @@ def collect(
         "packages": locked_packages(target, kselftest_sources or []),
         "qemu": {"binary": target.qemu.binary, "version": tool_version(memo, target.qemu.binary)},
         "compilers": {cc: tool_version(memo, cc) for cc in compilers},
-        "harness": {"version": harness_version(), **git_state(paths.project_root())},
+        # `source`: the harness's own code (a driver change committed in this repository moves the commit, not this).
+        "harness": {
+            "version": harness_version(),
+            "source": code_hash(Path(__file__).resolve().parent.parent),
+            **git_state(paths.project_root()),
+        },
         "host": host_facts(),
     }
     memo.save()
