@@ -187,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra = {
             "jobs": args.jobs,
             "targets": [t.name for t in inv.targets],
-            "scenarios": [s.name for s in inv.scenarios],
+            "selected": [s.name for s in inv.scenarios],
         }
         summary = write_summary(inv.out, iterations, extra)
         if args.repeat > 1:
@@ -200,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, RunResult]]:
     from harness.frontends.progress import Progress
-    from harness.report.terminal import print_matrix, print_summary
+    from harness.report.terminal import print_matrix
     from harness.run.session import execute
 
     out = []
@@ -212,7 +212,7 @@ def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path
         with Progress(console, target.name) as progress:
             opts.observer = progress
             record = execute(opts, progress.on_stage, progress.log)
-        print_summary(record, target_out, console)
+        show_summary(record, target_out, console, brief=inv.args.repeat > 1)
         out.append((target_out, record))
     if len(out) > 1:
         print_matrix([r for _, r in out], root, console)
@@ -221,7 +221,7 @@ def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path
 
 def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, RunResult]]:
     """Jobs (target, scenario group) in parallel guests; one merged result per target; one table."""
-    from harness.report.terminal import print_matrix, print_summary
+    from harness.report.terminal import print_matrix
     from harness.run.parallel import Job, Pool, estimate, load_durations, merge, partition
     from harness.run.session import prepare_artifacts
 
@@ -254,12 +254,27 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         mine = [j for j in jobs if j.target == target.name]
         record = merge(target.name, mine, [s.name for s in inv.scenarios], wall)
         record.write(target_out / "result.json")
-        print_summary(record, target_out, console)
+        show_summary(record, target_out, console, brief=inv.args.repeat > 1)
         results.append((target_out, record))
     if len(results) > 1:
         print_matrix([r for _, r in results], root, console)
     console.print(f"{len(jobs)} jobs in {wall:.1f} s wall ({sum(j.ended - j.started for j in jobs):.1f} s of job time)")
     return results
+
+
+def show_summary(record: RunResult, out: Path, console: Any, *, brief: bool) -> None:
+    """The step table and verdict; with --repeat a passing iteration is one line (a failing one is shown whole)."""
+    from harness.report.terminal import print_summary
+    from harness.run.result import Verdict
+
+    if brief and record.verdict == Verdict.PASS:
+        names = ", ".join(s.name for s in record.scenarios)
+        total = record.timings.get("total", 0.0)
+        console.print(
+            f"[green]PASS[/green] {record.target}: {names} ({len(record.steps)} steps, {total:.2f} s) → {out}"
+        )
+        return
+    print_summary(record, out, console)
 
 
 class JobBoard:
