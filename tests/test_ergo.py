@@ -305,3 +305,35 @@ def test_compare_warns_when_more_than_the_driver_differs(tmp_path):
     assert data["regression"] is False and data["exit_status"] == 0
     [one] = data["comparisons"]
     assert one["provenance"]["other"][0].startswith("kernel sha256") and one["facts"][0]["what"] == "verdict"
+
+
+# --- progress -------------------------------------------------------------------------------------
+
+
+def test_progress_without_a_terminal_is_one_line_per_step():
+    import io
+
+    from rich.console import Console
+
+    from harness.frontends.progress import Progress, readable_tail
+    from harness.scenario.model import Scenario, Step
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=200)
+    scenario = Scenario("smoke", Path("smoke.yaml"), "", [Step("insmod", {}, 3), Step("rmmod", {}, 4)])
+    with Progress(console, "arm64-fast") as p:
+        assert not p.live_mode
+        p.on_stage("boot", "start", 0)
+        p.on_stage("boot", "done", 1.5)
+        p.scenario_started(scenario, 1, 1)
+        for i, name in enumerate(("insmod", "rmmod"), start=1):
+            p.step_started(scenario, i, name)
+            p.step_done(scenario, StepResult(index=i, name=name, duration=0.02))
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("✓ boot") and "scenario 1/1 smoke (2 steps)" in lines[1]
+    assert lines[2].split() == ["smoke", "1/2", "pass", "0.020", "s", "insmod"]
+    assert lines[3].split()[:3] == ["smoke", "2/2", "pass"]
+    assert readable_tail("@@5 B\n@5e|rmmod: busy\n@@5 X 1 a b\n[    0.8] dump_mem:Size:1\n") == [
+        "rmmod: busy",
+        "[    0.8] dump_mem:Size:1",
+    ]

@@ -8,6 +8,7 @@ finished step, so a log shows where a long run is and stays readable after the f
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,17 @@ if TYPE_CHECKING:
     from harness.scenario.runner import ScenarioResult
 
 TAIL_LINES = 4
+# The serial protocol's framing (guestinit.py): '@@ID B/X ...' lines are bookkeeping, '@IDo|' prefixes output.
+_FRAME = re.compile(r"^@@\S+( |$)")
+_PREFIX = re.compile(r"^@\d+[oe]\|")
+
+
+def readable_tail(text: str, n: int = TAIL_LINES) -> list[str]:
+    """The console's last lines as a person would read them: output and kernel lines, no protocol framing."""
+    lines = [_PREFIX.sub("", line.replace("\\x5b", "[")) for line in text.splitlines() if not _FRAME.match(line)]
+    return [line for line in lines if line.strip()][-n:]
+
+
 COLOURS = {"pass": "green", "fail": "red", "error": "magenta"}
 
 
@@ -129,7 +141,6 @@ class Progress(RunObserver):
         counts.append(f"   elapsed {now - self.started:6.1f} s", style="dim")
         parts: list[Any] = [head, counts]
         if self.guest is not None:
-            tail = self.guest.tail(TAIL_LINES).splitlines()[-TAIL_LINES:]
-            for line in tail:
+            for line in readable_tail(self.guest.tail(3 * TAIL_LINES)):
                 parts.append(Text("  │ " + line[:150], style="dim"))
         return Group(*parts)
