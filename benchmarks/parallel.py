@@ -31,17 +31,21 @@ def one(target: str, jobs: int, out: Path) -> tuple[float, str]:
         capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     wall = time.monotonic() - started
-    verdict = json.loads(proc.stdout).get("verdict", "?") if proc.stdout.strip() else f"exit {proc.returncode}"
-    return wall, verdict
+    data = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    verdict = data.get("verdict", f"exit {proc.returncode}")
+    failing = [s["name"] for s in data.get("scenarios", []) if s["verdict"] != "pass"]
+    return wall, verdict + (f" ({', '.join(failing)}; {out})" if failing else "")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="arm64-fast")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--keep", help="keep the run directories here (default: a temporary folder)")
     args = ap.parse_args()
     times: dict[int, list[float]] = {1: [], 2: []}
-    with tempfile.TemporaryDirectory(prefix="cma-parallel-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cma-parallel-") as scratch:
+        tmp = args.keep or scratch
         one(args.target, 1, Path(tmp) / "warm")  # warm cache and the durations the split uses
         for r in range(args.rounds):
             for jobs in (1, 2) if r % 2 == 0 else (2, 1):
