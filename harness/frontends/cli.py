@@ -217,8 +217,27 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return boot(opts, lambda line: print(line, flush=True))
 
 
+def cancel_on_signals() -> None:
+    """SIGINT and SIGTERM become `Cancelled` at the point where the run is, so every stage unwinds
+    normally: the guest is stopped, result.json and the console are kept, the exit status is
+    130 or 143. A second signal while that cleanup runs (bounded: QEMU gets 2 s) is ignored."""
+    import signal
+
+    from harness.errors import Cancelled
+
+    def on_signal(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Cancelled(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "prepare", "setup"):
+        cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop
     try:
         if args.command == "setup":
             return cmd_setup(args)

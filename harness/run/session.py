@@ -17,12 +17,19 @@ from harness.artifacts.debian import DebianProvider, ImageCache
 from harness.artifacts.kernels import vermagic
 from harness.artifacts.kernels.registry import kernel_provider
 from harness.config.targets import Target
-from harness.errors import GuestError, HarnessError
+from harness.errors import Cancelled, GuestDied, GuestError, HarnessError
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles
 from harness.guest.shell import RESET_COMMAND
-from harness.run.result import RunResult, ScenarioSummary, TransportKind, Verdict
-from harness.scenario.model import Scenario
+from harness.run.result import (
+    RunResult,
+    ScenarioSummary,
+    TransportKind,
+    Verdict,
+    aborted_by_environment,
+    error_verdict,
+)
+from harness.scenario.model import Scenario, StepStatus
 from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 if TYPE_CHECKING:
@@ -49,9 +56,19 @@ class Stages:
     def __init__(self, record: RunResult, on_stage: Callable[[str, str, float], None]) -> None:
         self.record = record
         self.on_stage = on_stage
+        self.current = ""  # the stage running now, for messages about an interrupted run
+
+    def position(self) -> str:
+        """Where the run is, in words: 'stage scenario (smoke step 3: alloc ...)'."""
+        where = f"stage {self.current or 'start-up'}"
+        steps = self.record.steps
+        if self.current == "scenario" and steps:
+            where += f" ({steps[-1].scenario} step {steps[-1].index}: {steps[-1].name})"
+        return where
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
         self.on_stage(name, "start", 0.0)
         started = time.monotonic()
         try:
@@ -156,7 +173,10 @@ def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
     record.blocks += [b.as_dict() | {"scenario": outcome.name} for b in outcome.live_blocks]
     record.allocations += [b.as_dict() | {"scenario": outcome.name} for b in outcome.allocations]
     record.extra_events += [e.as_dict() for e in outcome.extra_events]
-    verdict = Verdict.FAIL if outcome.failed else Verdict.PASS
+    if any(s.status == StepStatus.ERROR for s in outcome.steps):
+        verdict = Verdict.ERROR  # the environment interrupted it: no verdict on the driver
+    else:
+        verdict = Verdict.FAIL if outcome.failed else Verdict.PASS
     duration = round(outcome.duration, 4)
     record.scenarios.append(ScenarioSummary(outcome.name, outcome.path, verdict, len(outcome.steps), duration))
 
@@ -200,9 +220,15 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
                         record.console_tail = runner.aborted.detail or guest.tail()
+                        died = not guest.qemu.alive()
                         guest.stop()
                         all_events += [e.as_dict() for e in guest.events()]
-                        guest = None
+                        reported = runner.outcome is not None and runner.outcome.events
+                        dead, guest = guest, None
+                        if aborted_by_environment(not died, bool(reported)):
+                            # No panic, oops or warning on the console: the emulator died (killed
+                            # from outside, out of memory, a QEMU bug), not the driver's doing.
+                            raise guest_died(record, dead, runner.aborted)
                 with stage("report"):
                     if guest is not None:
                         assert guest.transport is not None
@@ -221,14 +247,41 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         failed = any(s.verdict != Verdict.PASS for s in record.scenarios) or record.kernel_events or record.problems
         record.verdict = Verdict.FAIL if failed else Verdict.PASS
     except HarnessError as exc:
-        record.verdict = Verdict.ERROR
         record.error = exc.render()
-        if isinstance(exc, GuestError):
+        record.verdict, record.error_exit = error_verdict(exc, bool(record.kernel_events))
+        if isinstance(exc, Cancelled):
+            record.interrupted_by = exc.signal_name
+            record.error = f"{exc.message} during {stage.position()}, {time.monotonic() - total_started:.1f} s in"
+        if isinstance(exc, GuestError) and exc.detail:
             record.console_tail = exc.detail
     finally:
         record.timings["total"] = round(time.monotonic() - total_started, 4)
         record.write(opts.out / "result.json")
     return record
+
+
+def guest_died(record: RunResult, guest: Guest, cause: GuestError) -> GuestDied:
+    """The error for a guest whose QEMU exited with no kernel report, its step marked as interrupted."""
+    how = guest.qemu.describe_exit()
+    step = record.steps[-1] if record.steps else None
+    where = f" during step {step.index} ({step.name}) of {step.scenario}" if step else ""
+    message = f"QEMU {how}{where}, with no kernel panic or oops on the console: an environment failure"
+    mark_interrupted(record, message)
+    return GuestDied(message, detail=cause.detail or guest.tail())
+
+
+def mark_interrupted(record: RunResult, why: str) -> None:
+    """The step that was running when the environment failed gets status error, not fail."""
+    if not record.steps:
+        return
+    step = record.steps[-1]
+    if step.status == StepStatus.PASS:
+        return  # the step had finished; the failure came between steps
+    step.status = StepStatus.ERROR
+    step.problems = [p for p in step.problems if not p.startswith("guest stopped answering")] + [why]
+    for summary in record.scenarios:
+        if summary.name == step.scenario:
+            summary.verdict = Verdict.ERROR
 
 
 def _write_pid(out: Path, pid: int) -> None:

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.errors import GuestSetupError
 from harness.guest.kernel_log import KernelLog
 from harness.guest.shell import MODULE, wait_gone
 from harness.guest.transport.base import CommandResult, Transport
@@ -19,7 +20,7 @@ from harness.oracles.cmatest import CmaRecord, parse_records
 from harness.oracles.dmesg import CmaReservation, DumpMemRecord
 from harness.oracles.faults import KernelEvent, kmemleak_events
 from harness.oracles.symbolize import Symbol, parse_section_bases, symbolize
-from harness.scenario.model import Block, CommandRecord, StepResult
+from harness.scenario.model import Block, CommandRecord, StepResult, StepStatus
 
 
 @dataclass
@@ -84,8 +85,16 @@ class DriverClient:
         records = parse_records(out.stdout)
         pid = records[0].int("pid") if records else None
         if out.status != 0 or pid is None:
-            result.fail(f"cannot start process '{process}': {out.stdout.strip()} {out.stderr.strip()}")
-            return False
+            # The server touches no driver code before it answers (it opens the device on its
+            # first step), so failing to start is the guest environment's doing.
+            why = f"{out.stdout.strip()} {out.stderr.strip()}".strip()
+            result.status = StepStatus.ERROR
+            result.problems.append(f"cannot start process '{process}': {why}")
+            raise GuestSetupError(
+                f"the guest-side helper `cma_test serve {process}` could not start: {why}",
+                hint="the guest kernel may lack what cma_test needs to run its processes (see the README's "
+                "guest kernel requirements)",
+            )
         self.state.processes[process] = pid
         return True
 

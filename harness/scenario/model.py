@@ -17,6 +17,7 @@ class StepStatus(StrEnum):
 
     PASS = "pass"
     FAIL = "fail"
+    ERROR = "error"  # interrupted by the environment (QEMU died, the run was cancelled): no verdict
 
 
 @dataclass(frozen=True)

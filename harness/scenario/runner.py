@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from harness.errors import GuestError
+from harness.errors import Cancelled, GuestError
 from harness.guest.kernel_log import KernelLog
 from harness.guest.shell import DRIVER_WARNINGS_COMMAND
 from harness.guest.transport.base import Transport
@@ -128,6 +128,12 @@ class ScenarioRunner:
             try:
                 execute(self.client, step, result)
                 self.barrier(f"step {index} done")
+            except Cancelled as exc:
+                # SIGINT/SIGTERM: the step was cut short by the person or the CI system, not judged.
+                result.duration = time.monotonic() - started
+                result.status = StepStatus.ERROR
+                result.problems.append(f"{exc.message} while this step ran")
+                raise
             except GuestError as exc:
                 # The guest hung, died or panicked during this step: nothing after it can run.
                 result.duration = time.monotonic() - started
