@@ -10,6 +10,8 @@ from harness.kernels.requirements import HARD, OPTIONAL, check, console_options,
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kconfig"
 KERNELS = Path("configs/kernels")
+# configs/targets/arm64-tiny.yaml: the tiny kernel has no CONFIG_PRINTK_TIME, its command line asks for it.
+TINY_CMDLINE = "console=ttyAMA0 cma=32M rdinit=/init panic=-1 quiet printk.time=1"
 
 
 def fixture(name: str) -> str:
@@ -55,7 +57,7 @@ def test_debian_arm64_kernel_has_every_hard_requirement():
 
 
 def test_tiny_kernel_has_the_hard_requirements_and_nothing_optional():
-    features = check(parse_kconfig(fixture("tiny-arm64.config")), console="ttyAMA0")
+    features = check(parse_kconfig(fixture("tiny-arm64.config")), console="ttyAMA0", cmdline=TINY_CMDLINE)
     assert features.ok, features.message()
     assert features.enabled() == ()
     ssh = next(f for f in features.optional if f.key == "ssh")
@@ -66,7 +68,7 @@ def test_tiny_kernel_has_the_hard_requirements_and_nothing_optional():
 
 def test_missing_hard_options_are_named_in_one_line():
     text = without(fixture("tiny-arm64.config"), "CONFIG_MODULE_UNLOAD", "CONFIG_DEVTMPFS")
-    features = check(parse_kconfig(text), console="ttyAMA0")
+    features = check(parse_kconfig(text), console="ttyAMA0", cmdline=TINY_CMDLINE)
     assert not features.ok
     assert features.missing_options == ("CONFIG_MODULE_UNLOAD", "CONFIG_DEVTMPFS")
     message = features.message()
@@ -78,12 +80,13 @@ def test_missing_hard_options_are_named_in_one_line():
 def test_a_module_is_not_enough_for_a_hard_requirement():
     text = fixture("tiny-arm64.config").replace("CONFIG_SERIAL_AMBA_PL011_CONSOLE=y", "")
     text = text.replace("CONFIG_DMA_CMA=y", "CONFIG_DMA_CMA=m")
-    features = check(parse_kconfig(text), console="ttyAMA0")
+    features = check(parse_kconfig(text), console="ttyAMA0", cmdline=TINY_CMDLINE)
     assert features.missing_options == ("CONFIG_SERIAL_AMBA_PL011_CONSOLE", "CONFIG_DMA_CMA")
 
 
 def test_serial_console_follows_the_target_console():
     config = parse_kconfig(fixture("tiny-arm64.config"))
+    config["CONFIG_PRINTK_TIME"] = "y"
     assert check(config, console="ttyAMA0").ok
     on_8250 = check(config, console="ttyS0,115200")
     assert on_8250.missing_options == ("CONFIG_SERIAL_8250_CONSOLE", "CONFIG_SERIAL_OMAP_CONSOLE")
@@ -97,17 +100,30 @@ def test_the_board_kernel_of_issue_18():
     """tinyconfig + serial console, initramfs, modules with unloading, proc, sysfs, devtmpfs, CMA with
     debugfs, no networking: every hard requirement (cma_test's servers need no sockets)."""
     text = fixture("tiny-arm64.config").replace("# CONFIG_DEBUG_FS is not set", "CONFIG_DEBUG_FS=y")
-    features = check(parse_kconfig(text + "CONFIG_CMA_DEBUGFS=y\n"), console="ttyAMA0")
+    features = check(parse_kconfig(text + "CONFIG_CMA_DEBUGFS=y\n"), console="ttyAMA0", cmdline=TINY_CMDLINE)
     assert features.ok
     assert features.enabled() == ("cma-debugfs",)
 
 
-@pytest.mark.parametrize("name", ["tiny.config", "arm64-base.config", "armv7-base.config"])
-def test_committed_base_fragments_ask_for_every_hard_requirement(name):
+def test_printk_time_or_its_command_line_word():
+    config = parse_kconfig(fixture("tiny-arm64.config"))
+    features = check(config, console="ttyAMA0", cmdline="console=ttyAMA0 quiet")
+    assert features.missing_options == ("CONFIG_PRINTK_TIME",)
+    assert features.message().startswith(
+        "the kernel cannot run the harness: it lacks CONFIG_PRINTK_TIME (nor printk.time=1 on the command line) "
+        "(the host tells kernel messages from command output"
+    )
+    assert check(config, console="ttyAMA0", cmdline="quiet printk.time=1").ok
+
+
+@pytest.mark.parametrize(
+    ("name", "cmdline"),
+    [("tiny.config", TINY_CMDLINE), ("arm64-base.config", "quiet"), ("armv7-base.config", "quiet")],
+)
+def test_committed_base_fragments_ask_for_every_hard_requirement(name, cmdline):
     """The fragments ask for these options explicitly (kconfig's defaults are not relied upon)."""
     text = (KERNELS / name).read_text()
-    console = "ttyAMA0"
-    missing = check(parse_kconfig(text), console=console).missing_options
+    missing = check(parse_kconfig(text), console="ttyAMA0", cmdline=cmdline).missing_options
     # Without EXPERT these are on by default and cannot be turned off: the base fragments omit them.
     implied = set() if "CONFIG_EXPERT=y" in text else {"CONFIG_PRINTK", "CONFIG_PROC_SYSCTL"}
     assert set(missing) <= implied, missing

@@ -39,6 +39,7 @@ class Requirement:
     any_of: tuple[str, ...] = ()
     modular_ok: bool = False  # =m is enough (the harness loads the module itself)
     without: str = ""  # optional: what the harness does instead when it is absent
+    cmdline: str = ""  # a kernel command line word that does the same job (printk.time=1)
 
     def options(self) -> tuple[str, ...]:
         return self.all_of + self.any_of
@@ -85,6 +86,13 @@ HARD: tuple[Requirement, ...] = (
         "printk",
         ("CONFIG_PRINTK",),
         "kernel messages are oracles: the driver's dump_mem records, oops/WARN/BUG reports, dmesg checks",
+    ),
+    Requirement(
+        "printk-time",
+        ("CONFIG_PRINTK_TIME",),
+        "the host tells kernel messages from command output on the shared console by their printk "
+        "timestamp; without one the driver's records and oops reports are taken for command output",
+        cmdline="printk.time=1",
     ),
     Requirement(
         "proc",
@@ -211,7 +219,7 @@ class Feature:
         r = self.requirement
         if self.present:
             return f"{' + '.join(_short(o) for o in r.options() if o not in self.missing) or r.key}: {r.why}"
-        text = f"{_names(self)} not set: {r.why}"
+        text = f"{_names(self)} not set{_instead(r)}: {r.why}"
         return f"{text} (without it: {r.without})" if r.without else text
 
 
@@ -248,7 +256,7 @@ class KernelFeatures:
     def message(self) -> str:
         """One line for a person: what is missing and what needs it, or that nothing is."""
         if self.missing_hard:
-            parts = [f"{_names(f)} ({f.requirement.why})" for f in self.missing_hard]
+            parts = [f"{_names(f)}{_instead(f.requirement)} ({f.requirement.why})" for f in self.missing_hard]
             return f"the kernel cannot run the harness: it lacks {'; '.join(parts)}"
         off = ", ".join(self.disabled()) or "none"
         return f"the kernel has every hard requirement; optional features absent: {off}"
@@ -281,25 +289,29 @@ def _enabled(config: dict[str, str], option: str, modular_ok: bool) -> bool:
     return value == "y" or (modular_ok and value == "m")
 
 
-def check_one(config: dict[str, str], requirement: Requirement) -> Feature:
+def check_one(config: dict[str, str], requirement: Requirement, cmdline: str = "") -> Feature:
+    if requirement.cmdline and requirement.cmdline in cmdline.split():
+        return Feature(requirement, True, ())
     missing = [o for o in requirement.all_of if not _enabled(config, o, requirement.modular_ok)]
     if requirement.any_of and not any(_enabled(config, o, requirement.modular_ok) for o in requirement.any_of):
         missing.extend(requirement.any_of)
     return Feature(requirement, not missing, tuple(missing))
 
 
-def check(config: dict[str, str], console: str | None = None) -> KernelFeatures:
+def check(config: dict[str, str], console: str | None = None, cmdline: str = "") -> KernelFeatures:
     """Every hard requirement and optional feature against a parsed config.
 
     console: the target's console device (ttyAMA0): the serial console requirement then asks for
     that device's driver rather than any serial console driver.
+    cmdline: the kernel command line the guest boots with; a word there can stand in for an
+    option (printk.time=1 for CONFIG_PRINTK_TIME).
     """
     hard = []
     for requirement in HARD:
         if requirement.key == "serial-console" and console:
             requirement = Requirement(requirement.key, (), requirement.why, any_of=console_options(console))
-        hard.append(check_one(config, requirement))
-    return KernelFeatures(tuple(hard), tuple(check_one(config, r) for r in OPTIONAL))
+        hard.append(check_one(config, requirement, cmdline))
+    return KernelFeatures(tuple(hard), tuple(check_one(config, r, cmdline) for r in OPTIONAL))
 
 
 def _names(feature: Feature) -> str:
@@ -307,6 +319,10 @@ def _names(feature: Feature) -> str:
     if feature.requirement.any_of and not feature.requirement.all_of:
         return " or ".join(feature.missing)
     return ", ".join(feature.missing)
+
+
+def _instead(requirement: Requirement) -> str:
+    return f" (nor {requirement.cmdline} on the command line)" if requirement.cmdline else ""
 
 
 def _short(option: str) -> str:
