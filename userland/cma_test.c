@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -28,10 +30,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,7 +54,7 @@ _Static_assert(offsetof(struct cma_mem_info, available) == 16, "available");
 _Static_assert(offsetof(struct cma_mem_info, blocks) == 24, "blocks");
 _Static_assert(offsetof(struct cma_mem_info, reserved) == 28, "reserved");
 
-#define SOCK_DIR "/run/cma_test"
+#define RUN_DIR "/run/cma_test"
 #define MAX_LINE (64 * 1024)
 #define MAX_WORDS 4096
 #define EXHAUST_MAX 1000000
@@ -221,7 +221,8 @@ static struct {
 	bool exit_now;			/* "exit" ran */
 	bool ktap;			/* --ktap: KTAP output */
 	long pagesize;
-} S = { .fd = -1 };
+	int req_fd;			/* server: its request FIFO, -1 elsewhere */
+} S = { .fd = -1, .req_fd = -1 };
 
 static struct cma_mem_block *find_blk(const char *name)
 {
@@ -1024,6 +1025,11 @@ static int do_fork(struct step *rest, int nrest, struct rec *r)
 	if (pid == 0) {
 		S.child = true;
 		S.failed = false;
+		/* Only the server itself may keep its request FIFO alive. */
+		if (S.req_fd >= 0) {
+			close(S.req_fd);
+			S.req_fd = -1;
+		}
 		run_steps(rest, nrest);
 		fflush(S.out);
 		_exit(S.failed ? 1 : 0);
@@ -1120,6 +1126,33 @@ static int run_words(char **w, int nw)
 
 /* ---- server ----------------------------------------------------------- */
 
+/*
+ * Servers talk over FIFOs in RUN_DIR, which need only a RAM file system
+ * (no CONFIG_NET, no CONFIG_UNIX, no file locks). For server PROC:
+ *
+ *   PROC.in         request FIFO. The server keeps it open for reading (and
+ *                   writing, so it never sees end-of-file) for its whole life.
+ *                   A client writes one line "CLIENTPID\n" per request: shorter
+ *                   than PIPE_BUF, so lines of concurrent clients never mix.
+ *   PROC.CPID.req   the request: the steps as one line, a regular file the
+ *                   client writes completely before it sends CLIENTPID.
+ *   PROC.CPID.out   the reply FIFO, opened for reading by the client before
+ *                   it sends CLIENTPID; the server writes the records into it
+ *                   and closes it when the request is done.
+ *
+ * Liveness comes from the FIFO itself: opening PROC.in for writing with
+ * O_NONBLOCK fails with ENXIO when no process has it open for reading, i.e.
+ * the server exited or was killed (even if it is an unreaped zombie), and a
+ * client's open write end of PROC.in polls POLLERR the moment its last
+ * reader goes away. The server takes requests one at a time, in order; it
+ * opens a reply FIFO with O_NONBLOCK, so a client that died before its turn
+ * (no reader) is skipped instead of hanging the server, and one that dies
+ * mid-request only makes the server's writes fail with EPIPE.
+ */
+
+#define REQ_FIFO_FMT RUN_DIR "/%s.in"
+#define CLIENT_FMT RUN_DIR "/%s.%d.%s"
+
 static bool proc_name_ok(const char *s)
 {
 	size_t n = strlen(s), i;
@@ -1132,14 +1165,7 @@ static bool proc_name_ok(const char *s)
 	return s[0] != '.';
 }
 
-static void sock_path(const char *proc, struct sockaddr_un *sa)
-{
-	memset(sa, 0, sizeof(*sa));
-	sa->sun_family = AF_UNIX;
-	snprintf(sa->sun_path, sizeof(sa->sun_path), SOCK_DIR "/%s.sock", proc);
-}
-
-static void write_all(int fd, const char *buf, size_t len)
+static int write_all(int fd, const char *buf, size_t len)
 {
 	while (len) {
 		ssize_t k = write(fd, buf, len);
@@ -1147,11 +1173,12 @@ static void write_all(int fd, const char *buf, size_t len)
 		if (k < 0) {
 			if (errno == EINTR)
 				continue;
-			return;
+			return -1;
 		}
 		buf += k;
 		len -= (size_t)k;
 	}
+	return 0;
 }
 
 /* Tells the waiting "serve" parent how the start went, then closes the pipe. */
@@ -1164,14 +1191,20 @@ static void report_start(int fd, int err, const char *msg)
 	close(fd);
 }
 
-/* Reads one line (without the newline) from a client; NULL on error/timeout. */
-static char *read_line(int fd)
+/* The whole request file as one line (without its newline); NULL if unreadable. */
+static char *read_request(const char *path)
 {
 	char *buf = malloc(MAX_LINE + 1);
 	size_t n = 0;
+	int fd;
 
 	if (!buf)
 		return NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		free(buf);
+		return NULL;
+	}
 	while (n < MAX_LINE) {
 		ssize_t k = read(fd, buf + n, MAX_LINE - n);
 
@@ -1180,16 +1213,11 @@ static char *read_line(int fd)
 		if (k <= 0)
 			break;
 		n += (size_t)k;
-		if (memchr(buf + n - (size_t)k, '\n', (size_t)k))
-			break;
 	}
+	close(fd);
 	buf[n] = 0;
 	if (strchr(buf, '\n'))
 		*strchr(buf, '\n') = 0;
-	else if (n == 0) {
-		free(buf);
-		return NULL;
-	}
 	return buf;
 }
 
@@ -1204,52 +1232,135 @@ static int split_words(char *line, char **w, int max)
 	return n;
 }
 
-static void serve_loop(int lsock, const char *path)
+/* One request from client cpid: open its reply FIFO, run its steps, close. */
+static void serve_request(const char *proc, int cpid)
 {
 	static char *w[MAX_WORDS];
+	char req[PATH_MAX], reply[PATH_MAX];
+	char *line;
+	FILE *out;
+	int ofd;
 
-	for (;;) {
-		struct timeval tv = { .tv_sec = 30 };
-		char *line;
-		FILE *out;
-		int c, nw;
-
-		c = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			break;
-		}
-		/* A client that never sends must not hang the server. */
-		setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		line = read_line(c);
-		out = fdopen(c, "w");
-		if (!out) {
-			close(c);
-			free(line);
-			continue;
-		}
-		S.out = out;
-		if (!line) {
-			print_usage_record(out, "no request line");
-		} else {
-			nw = split_words(line, w, MAX_WORDS);
-			run_words(w, nw);
-		}
-		free(line);
-		fclose(out);
-		S.out = NULL;
-		if (S.exit_now)
-			break;
+	snprintf(req, sizeof(req), CLIENT_FMT, proc, cpid, "req");
+	snprintf(reply, sizeof(reply), CLIENT_FMT, proc, cpid, "out");
+	/* No reader: the client is gone (killed while queued). Never block on it. */
+	ofd = open(reply, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+	if (ofd < 0) {
+		unlink(req);
+		unlink(reply);
+		return;
 	}
-	unlink(path);
-	close(lsock);
+	/* Blocking from now on: a slow reader must not lose records to EAGAIN. */
+	fcntl(ofd, F_SETFL, fcntl(ofd, F_GETFL) & ~O_NONBLOCK);
+	line = read_request(req);
+	unlink(req);
+	unlink(reply);
+	out = fdopen(ofd, "w");
+	if (!out) {
+		close(ofd);
+		free(line);
+		return;
+	}
+	S.out = out;
+	if (!line)
+		print_usage_record(out, "no request file %s", req);
+	else
+		run_words(w, split_words(line, w, MAX_WORDS));
+	free(line);
+	fclose(out);
+	S.out = NULL;
+}
+
+static void serve_loop(const char *proc, const char *path)
+{
+	static char buf[4096];
+	size_t n = 0;
+	struct stat mine, now;
+
+	fstat(S.req_fd, &mine);
+	while (!S.exit_now) {
+		ssize_t k = read(S.req_fd, buf + n, sizeof(buf) - 1 - n);
+		char *nl, *end;
+		long cpid;
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+		while (!S.exit_now && (nl = memchr(buf, '\n', n))) {
+			*nl = 0;
+			errno = 0;
+			cpid = strtol(buf, &end, 10);
+			if (!errno && end != buf && !*end && cpid > 0 && cpid < INT32_MAX)
+				serve_request(proc, (int)cpid);
+			n -= (size_t)(nl + 1 - buf);
+			memmove(buf, nl + 1, n);
+		}
+		if (n == sizeof(buf) - 1)
+			n = 0;	/* garbage without a newline: drop it */
+	}
+	/* Remove the request FIFO only if it is still ours. */
+	if (stat(path, &now) == 0 && now.st_ino == mine.st_ino && now.st_dev == mine.st_dev)
+		unlink(path);
+	close(S.req_fd);
 	exit(0);
+}
+
+/*
+ * Become server PROC: create its request FIFO under a private name, open it,
+ * then link() it to PROC.in, which fails if that name exists. An existing
+ * PROC.in with a reader is a live server (EADDRINUSE); without one it is left
+ * over from a server that died, and is replaced.
+ */
+static int claim_name(const char *proc, const char *path, const char **what)
+{
+	char tmp[PATH_MAX];
+	int fd, probe, tries, e;
+
+	snprintf(tmp, sizeof(tmp), RUN_DIR "/.%s.in.%d", proc, (int)getpid());
+	unlink(tmp);
+	*what = "cannot create the request FIFO";
+	if (mkfifo(tmp, 0600) < 0)
+		return -errno;
+	fd = open(tmp, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		e = errno;
+		unlink(tmp);
+		return -e;
+	}
+	for (tries = 0; tries < 5; tries++) {
+		if (link(tmp, path) == 0) {
+			unlink(tmp);
+			return fd;
+		}
+		if (errno != EEXIST)
+			break;
+		probe = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+		if (probe >= 0) {
+			struct stat st;
+			bool fifo = fstat(probe, &st) == 0 && S_ISFIFO(st.st_mode);
+
+			close(probe);
+			if (fifo) {
+				*what = "a server of that name is running";
+				errno = EADDRINUSE;
+				break;
+			}
+		} else if (errno != ENXIO && errno != ENOENT) {
+			break;
+		}
+		unlink(path);	/* left over from a dead server (or not a FIFO) */
+	}
+	e = errno;
+	close(fd);
+	unlink(tmp);
+	return -e;
 }
 
 static int cmd_serve(const char *proc)
 {
-	struct sockaddr_un sa;
+	char path[PATH_MAX];
 	int pfd[2], status;
 	char buf[400];
 	size_t n = 0;
@@ -1259,13 +1370,13 @@ static int cmd_serve(const char *proc)
 		print_usage_record(stdout, "bad server name '%s'", proc);
 		return 2;
 	}
-	sock_path(proc, &sa);
+	snprintf(path, sizeof(path), REQ_FIFO_FMT, proc);
 	if ((mkdir("/run", 0755) < 0 && errno != EEXIST) ||
-	    (mkdir(SOCK_DIR, 0700) < 0 && errno != EEXIST)) {
+	    (mkdir(RUN_DIR, 0700) < 0 && errno != EEXIST)) {
 		int e = errno;
 
 		printf("@cma op=serve status=fail errno=%s name=%s msg=mkdir %s: %s\n",
-		       errname(e), proc, SOCK_DIR, strerror(e));
+		       errname(e), proc, RUN_DIR, strerror(e));
 		return 1;
 	}
 	if (pipe2(pfd, O_CLOEXEC) < 0) {
@@ -1280,7 +1391,8 @@ static int cmd_serve(const char *proc)
 	}
 	if (pid == 0) {
 		/* First child: new session, fork the server, go. */
-		int lsock, e, devnull;
+		const char *what;
+		int devnull;
 
 		close(pfd[0]);
 		setsid();
@@ -1297,23 +1409,9 @@ static int cmd_serve(const char *proc)
 			/* not fatal: the server uses absolute paths only */
 		}
 		signal(SIGPIPE, SIG_IGN);
-		lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (lsock < 0) {
-			report_start(pfd[1], errno, "socket failed");
-			_exit(1);
-		}
-		/* A live server of that name answers: do not steal its socket. */
-		if (connect(lsock, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			report_start(pfd[1], EADDRINUSE, "a server of that name is running");
-			_exit(1);
-		}
-		close(lsock);
-		lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		unlink(sa.sun_path);
-		if (lsock < 0 || bind(lsock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-		    listen(lsock, 16) < 0) {
-			e = errno;
-			report_start(pfd[1], e, "cannot listen on the socket");
+		S.req_fd = claim_name(proc, path, &what);
+		if (S.req_fd < 0) {
+			report_start(pfd[1], -S.req_fd, what);
 			_exit(1);
 		}
 		devnull = open("/dev/null", O_RDWR);
@@ -1325,7 +1423,7 @@ static int cmd_serve(const char *proc)
 				close(devnull);
 		}
 		report_start(pfd[1], 0, "listening");
-		serve_loop(lsock, sa.sun_path);
+		serve_loop(proc, path);
 	}
 
 	/* The caller: wait until the server listens (or says why not). */
@@ -1367,12 +1465,47 @@ static int cmd_serve(const char *proc)
 	return 0;
 }
 
+static int ctl_unreachable(const char *proc, int e, const char *why)
+{
+	printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot reach server %s: %s\n",
+	       errname(e), proc, proc, why ? why : strerror(e));
+	return 1;
+}
+
+/* Write the request file: the steps as one line. */
+static int write_request(const char *path, char **w, int nw)
+{
+	size_t len = 0;
+	char *line, *p;
+	int fd, i, e = 0;
+
+	for (i = 0; i < nw; i++)
+		len += strlen(w[i]) + 1;
+	line = malloc(len + 1);
+	if (!line)
+		return ENOMEM;
+	for (i = 0, p = line; i < nw; i++)
+		p += sprintf(p, "%s%s", i ? " " : "", w[i]);
+	strcpy(p, "\n");
+	unlink(path);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, line, strlen(line)) < 0)
+		e = errno;
+	if (fd >= 0 && close(fd) < 0 && !e)
+		e = errno;
+	free(line);
+	return e;
+}
+
 static int cmd_ctl(const char *proc, char **w, int nw)
 {
-	struct sockaddr_un sa;
-	char *line, *buf = NULL, *p;
-	size_t len = 0, cap = 0, n = 0;
-	int s, i, rc = 0, records = 0;
+	char path[PATH_MAX], req[PATH_MAX], reply[PATH_MAX], note[32];
+	char *buf = NULL;
+	size_t cap = 0, n = 0;
+	int rfd, ofd, e, rc = 0, records = 0;
+	bool server_gone = false;
+	struct stat st;
+	int me = (int)getpid();
 
 	if (!proc_name_ok(proc)) {
 		print_usage_record(stdout, "bad server name '%s'", proc);
@@ -1382,49 +1515,106 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 		print_usage_record(stdout, "ctl %s: no steps", proc);
 		return 2;
 	}
-	sock_path(proc, &sa);
-	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
+	snprintf(path, sizeof(path), REQ_FIFO_FMT, proc);
+	snprintf(req, sizeof(req), CLIENT_FMT, proc, me, "req");
+	snprintf(reply, sizeof(reply), CLIENT_FMT, proc, me, "out");
+	signal(SIGPIPE, SIG_IGN);
 
-		printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot reach server %s: %s\n",
-		       errname(e), proc, proc, strerror(e));
+	/* ENOENT: never started (or exited cleanly); ENXIO: nobody reads it, the server died. */
+	rfd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+	if (rfd < 0) {
+		char why[PATH_MAX + 100];
+
+		e = errno;
+		snprintf(why, sizeof(why), "%s (nothing reads %s: the server exited or was killed)",
+			 strerror(e), path);
+		return ctl_unreachable(proc, e, e == ENXIO ? why : NULL);
+	}
+	if (fstat(rfd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
+		close(rfd);
+		return ctl_unreachable(proc, EINVAL, "its request file is not a FIFO");
+	}
+	e = write_request(req, w, nw);
+	if (!e) {
+		unlink(reply);
+		if (mkfifo(reply, 0600) < 0)
+			e = errno;
+	}
+	ofd = e ? -1 : open(reply, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (!e && ofd < 0)
+		e = errno;
+	if (e) {
+		printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot create the request files in %s: %s\n",
+		       errname(e), proc, RUN_DIR, strerror(e));
+		close(rfd);
+		unlink(req);
+		unlink(reply);
 		return 1;
 	}
-	for (i = 0; i < nw; i++)
-		len += strlen(w[i]) + 1;
-	line = malloc(len + 1);
-	if (!line)
-		return 1;
-	for (i = 0, p = line; i < nw; i++)
-		p += sprintf(p, "%s%s", i ? " " : "", w[i]);
-	strcpy(p, "\n");
-	signal(SIGPIPE, SIG_IGN);
-	write_all(s, line, strlen(line));
-	free(line);
-	shutdown(s, SHUT_WR);
-
-	/* Relay the records line by line as they come. */
+	/* The request itself: one short line, atomic on a FIFO. */
+	snprintf(note, sizeof(note), "%d\n", me);
 	for (;;) {
+		ssize_t k = write(rfd, note, strlen(note));
+
+		if (k == (ssize_t)strlen(note))
+			break;
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && errno == EAGAIN) {	/* queue full: wait for room */
+			struct pollfd p = { .fd = rfd, .events = POLLOUT };
+
+			poll(&p, 1, 100);
+			continue;
+		}
+		e = k < 0 ? errno : EIO;
+		close(rfd);
+		close(ofd);
+		unlink(req);
+		unlink(reply);
+		return ctl_unreachable(proc, e, e == EPIPE ? "it exited before taking the request" : NULL);
+	}
+
+	/*
+	 * Relay the records line by line as they come. The reply FIFO polls
+	 * POLLIN/POLLHUP only once the server has opened it; until then the
+	 * request FIFO's POLLERR says the server died (no reader left).
+	 */
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = ofd, .events = POLLIN },
+			{ .fd = rfd, .events = 0 },
+		};
 		ssize_t k;
 		char *nl;
+		bool eof = false;
 
+		if (poll(p, server_gone ? 1 : 2, server_gone ? 0 : -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (!p[0].revents) {
+			if (server_gone)
+				break;	/* nothing came after the server died */
+			if (p[1].revents & (POLLERR | POLLHUP | POLLNVAL))
+				server_gone = true;	/* one last look at the reply FIFO */
+			continue;
+		}
 		if (cap - n < 4096) {
 			cap = cap ? 2 * cap : 65536;
 			buf = realloc(buf, cap);
 			if (!buf)
 				return 1;
 		}
-		k = read(s, buf + n, cap - n - 1);
-		if (k < 0 && errno == EINTR)
+		k = read(ofd, buf + n, cap - n - 1);
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (k <= 0) {
+			eof = true;
 			if (n) {	/* last line without a newline */
 				buf[n++] = '\n';
-				k = 0;
-			} else {
-				break;
 			}
+			k = 0;
 		}
 		n += (size_t)k;
 		while ((nl = memchr(buf, '\n', n))) {
@@ -1443,14 +1633,22 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 			memmove(buf, buf + ll, n - ll);
 			n -= ll;
 		}
-		if (k == 0)
+		if (eof)
 			break;
 	}
 	free(buf);
-	close(s);
+	if (!records && !server_gone) {
+		struct pollfd p = { .fd = rfd, .events = 0 };
+
+		server_gone = poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP));
+	}
+	close(ofd);
+	close(rfd);
+	unlink(req);
+	unlink(reply);
 	if (!records) {
-		printf("@cma op=ctl status=fail errno=EPROTO name=%s msg=no reply from server %s\n",
-		       proc, proc);
+		printf("@cma op=ctl status=fail errno=EPROTO name=%s msg=no reply from server %s%s\n",
+		       proc, proc, server_gone ? " (it exited or was killed before answering)" : "");
 		return 1;
 	}
 	return rc;
