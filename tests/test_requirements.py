@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.kernels.requirements import HARD, OPTIONAL, check, console_options, parse_kconfig
+from harness.artifacts.kernels.requirements import HARD, OPTIONAL, check, console_options, parse_kconfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kconfig"
 KERNELS = Path("configs/kernels")

@@ -222,7 +222,24 @@ static struct {
 	bool ktap;			/* --ktap: KTAP output */
 	long pagesize;
 	int req_fd;			/* server: its request FIFO, -1 elsewhere */
+	const char *req_path;		/* server: that FIFO's path, and its identity */
+	struct stat req_st;
 } S = { .fd = -1, .req_fd = -1 };
+
+/*
+ * Remove the server's request FIFO if it is still ours (a new server of the same name
+ * may have replaced a dead one's). Done before the reply to "exit" is closed, so that
+ * when "ctl PROC exit" returns the name is already free: no window for a caller to race.
+ */
+static void drop_request_fifo(void)
+{
+	struct stat now;
+
+	if (S.req_path && stat(S.req_path, &now) == 0 &&
+	    now.st_ino == S.req_st.st_ino && now.st_dev == S.req_st.st_dev)
+		unlink(S.req_path);
+	S.req_path = NULL;
+}
 
 static struct cma_mem_block *find_blk(const char *name)
 {
@@ -1267,6 +1284,8 @@ static void serve_request(const char *proc, int cpid)
 	else
 		run_words(w, split_words(line, w, MAX_WORDS));
 	free(line);
+	if (S.exit_now)
+		drop_request_fifo();
 	fclose(out);
 	S.out = NULL;
 }
@@ -1275,9 +1294,11 @@ static void serve_loop(const char *proc, const char *path)
 {
 	static char buf[4096];
 	size_t n = 0;
-	struct stat mine, now;
+	struct stat mine;
 
 	fstat(S.req_fd, &mine);
+	S.req_path = path;
+	S.req_st = mine;
 	while (!S.exit_now) {
 		ssize_t k = read(S.req_fd, buf + n, sizeof(buf) - 1 - n);
 		char *nl, *end;
@@ -1300,9 +1321,7 @@ static void serve_loop(const char *proc, const char *path)
 		if (n == sizeof(buf) - 1)
 			n = 0;	/* garbage without a newline: drop it */
 	}
-	/* Remove the request FIFO only if it is still ours. */
-	if (stat(path, &now) == 0 && now.st_ino == mine.st_ino && now.st_dev == mine.st_dev)
-		unlink(path);
+	drop_request_fifo();
 	close(S.req_fd);
 	exit(0);
 }

@@ -141,6 +141,17 @@ def kernel_text(result: dict[str, Any]) -> str:
     return text
 
 
+def features_text(result: dict[str, Any]) -> str:
+    """What the kernel lacks and what that switches off: an oracle that could not run is said, not hidden."""
+    features = (result.get("kernel") or {}).get("features") or {}
+    absent = features.get("absent") or []
+    if not features:
+        return "not checked"
+    if not absent:
+        return "every optional oracle is available"
+    return "; ".join(f"{a['feature']}: not in this kernel ({a['without']})" for a in absent)
+
+
 def cma_text(result: dict[str, Any]) -> str:
     cma = result.get("cma") or {}
     if not cma.get("base"):
@@ -155,6 +166,7 @@ def facts(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("transport", str(result.get("transport", "serial"))),
         ("kernel", kernel_text(result)),
         ("CMA reservation", cma_text(result)),
+        ("optional oracles", features_text(result)),
         ("driver", str(result.get("kmod", "?"))),
         ("scenarios", str(result.get("scenario", "?")).replace(",", ", ")),
         ("started", str(result.get("started", "?"))),

@@ -16,8 +16,10 @@ from harness.artifacts import build, initramfs
 from harness.artifacts.debian import DebianProvider, ImageCache
 from harness.artifacts.kernels import vermagic
 from harness.artifacts.kernels.registry import kernel_provider
+from harness.artifacts.kernels.requirements import check as check_features
+from harness.artifacts.kernels.requirements import parse_kconfig
 from harness.config.targets import Target
-from harness.errors import Cancelled, GuestDied, GuestError, HarnessError
+from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles
 from harness.guest.shell import RESET_COMMAND
@@ -31,6 +33,7 @@ from harness.run.result import (
 )
 from harness.scenario.model import Scenario, StepStatus
 from harness.scenario.runner import ScenarioResult, ScenarioRunner
+from harness.scenario.steps import fit_problems
 
 if TYPE_CHECKING:
     from harness.guest.machine import Guest, SshSetup
@@ -100,6 +103,7 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
         kernel = kernel_provider(opts.target, cache, update=opts.update, install=opts.install).kernel(opts.target)
         userspace = provider.busybox(opts.target)  # busybox always comes from Debian
     record.kernel = {"package": kernel.package, "version": kernel.version, "release": kernel.release}
+    record.kernel["features"] = check_kernel_features(opts.target, kernel.kdir / ".config")
     with stage("build kmod"):
         ko = build.build_kmod(
             opts.kmod, kernel.kdir, opts.target.kernel.make_arch, opts.target.kernel.cross_compile, opts.cache
@@ -127,6 +131,41 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
             opts.cache, files, guestinit.init_script(extra_init), guestinit.FORMAT_VERSION
         )
     return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
+
+
+def check_fit(scenarios: list[Scenario], target: Target) -> None:
+    """Refuse, before anything is built or booted, a scenario that asks for more CMA than the target has."""
+    cma = target.cma_mib << 20
+    problems = [p for s in scenarios for p in fit_problems(s.resolved(cma).steps, cma, str(s.path))]
+    if problems:
+        raise ConfigError(
+            f"a scenario does not fit {target.name}'s CMA area ({target.cma_mib} MiB):\n  " + "\n  ".join(problems),
+            hint="write sizes relative to the area (50%, cma/2, fragment count: fill), or use a target with more CMA",
+        )
+
+
+def check_kernel_features(target: Target, config_file: Path) -> dict[str, Any]:
+    """The kernel's .config against what the harness needs, before anything boots.
+
+    A missing hard requirement is an environment error naming the options (exit 3), never a
+    run that fails like a broken driver; optional features absent are recorded, with what
+    their absence switches off, for the result and the report.
+    """
+    if not config_file.is_file():
+        return {"source": "", "absent": [], "note": f"no {config_file}: checked after boot only"}
+    config = parse_kconfig(config_file.read_text(errors="replace"))
+    features = check_features(config, console=target.console, cmdline=target.kernel_cmdline())
+    if not features.ok:
+        raise InfraError(
+            f"{target.name}: {features.message()}",
+            hint=f"enable {', '.join(features.missing_options)} in the kernel ({config_file}); "
+            "the README lists the guest kernel's requirements",
+        )
+    return {
+        "source": str(config_file),
+        "present": list(features.enabled()),
+        "absent": [{"feature": f.key, "without": f.requirement.without} for f in features.optional if not f.present],
+    }
 
 
 def prepare_artifacts(opts: RunOptions, log: Callable[[str], None] = print) -> BootFiles:
@@ -206,6 +245,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
     guest: Guest | None = None
     all_events: list[dict[str, Any]] = []
     try:
+        check_fit(opts.scenarios, opts.target)
         boot = prepare(opts, stage, record, log)
         with (opts.out / "console.log").open("wb", buffering=0) as console_log:
             try:

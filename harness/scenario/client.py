@@ -62,6 +62,12 @@ class DriverClient:
         self.new_blocks: list[Block] = []  # allocations of the running step, for the dmesg check
         self.step_index = 0
 
+    @property
+    def cma_bytes(self) -> int:
+        """The size of the CMA area the guest reserved (0 when the boot log did not say)."""
+        reservation = self.state.reservation
+        return reservation.size_mib << 20 if reservation else 0
+
     def run(self, result: StepResult, command: str, timeout: float | None = None) -> CommandResult:
         """One guest command, recorded in the step's result."""
         out = self.transport.run(command, timeout=timeout or self.command_timeout)

@@ -20,14 +20,54 @@ class StepStatus(StrEnum):
     ERROR = "error"  # interrupted by the environment (QEMU died, the run was cancelled): no verdict
 
 
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class CmaShare:
+    """A size written relative to the target's CMA area (`50%`, `cma`, `cma/2`, `cma*3/4`).
+
+    Boards reserve what their device tree or defconfig gives them; a scenario about the area's
+    size says so in its own terms, and is resolved against the reservation the guest reports.
+    """
+
+    num: int
+    den: int
+    text: str  # as written, so step names stay the same on every target
+
+    def bytes(self, cma: int) -> int:
+        return cma * self.num // self.den // PAGE_SIZE * PAGE_SIZE  # whole pages, rounded down
+
+    def __str__(self) -> str:
+        return self.text
+
+
+FILL = "fill"  # fragment count: as many blocks as the area holds (measured), an even number
+
+
 @dataclass(frozen=True)
 class Step:
     kind: str
     args: dict[str, Any]
     line: int
     body: tuple[Step, ...] = ()  # repeat
+    label: str = ""  # the name as written, kept when relative sizes are resolved to bytes
+
+    def resolved(self, cma: int) -> Step:
+        """This step with every CMA share turned into bytes for an area of `cma` bytes."""
+        args = {k: v.bytes(cma) if isinstance(v, CmaShare) else v for k, v in self.args.items()}
+        body = tuple(s.resolved(cma) for s in self.body)
+        if args == self.args and body == self.body:
+            return self
+        return Step(self.kind, args, self.line, body, self.describe())
+
+    @property
+    def relative(self) -> bool:
+        return any(isinstance(v, CmaShare) for v in self.args.values()) or any(s.relative for s in self.body)
 
     def describe(self) -> str:
+        if self.label:
+            return self.label
         defaults = {"process": MAIN, "expect": "0", "ptr": "ok", "steps": None}
         shown = " ".join(
             f"{k}={_short(v)}"
@@ -49,6 +89,14 @@ class Scenario:
     path: Path
     description: str
     steps: list[Step] = field(default_factory=list)
+
+    @property
+    def relative(self) -> bool:
+        """Some size is written relative to the CMA area: it needs the reservation to run."""
+        return any(s.relative for s in self.steps)
+
+    def resolved(self, cma: int) -> Scenario:
+        return Scenario(self.name, self.path, self.description, [s.resolved(cma) for s in self.steps])
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from harness.errors import Cancelled, GuestError
+from harness.errors import Cancelled, ConfigError, GuestError
 from harness.guest.kernel_log import KernelLog
 from harness.guest.shell import DRIVER_WARNINGS_COMMAND
 from harness.guest.transport.base import Transport
@@ -154,6 +154,12 @@ class ScenarioRunner:
         started = time.monotonic()
         since = self.kernel_log.latest_time()
         outcome = self.outcome = ScenarioResult(name=scenario.name, path=str(scenario.path))
+        if scenario.relative:
+            if not self.client.cma_bytes:
+                raise ConfigError(
+                    f"{scenario.path}: sizes relative to the CMA area, but the boot log did not say how large it is"
+                )
+            scenario = scenario.resolved(self.client.cma_bytes)
         try:
             self.run(scenario)
             if self.aborted is None and self.results:

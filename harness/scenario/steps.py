@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.config import abi
-from harness.config.yamlconf import Field, Schema, is_int, is_number, is_positive_int, is_str, one_of, parse_size
+from harness.config.yamlconf import (
+    Field,
+    Schema,
+    is_int,
+    is_number,
+    is_positive_int,
+    is_str,
+    one_of,
+    parse_share,
+    parse_size,
+)
 from harness.errors import ConfigError
 from harness.guest.shell import (
     CMA_USED_MARKER,
@@ -33,7 +43,7 @@ from harness.oracles.checks import CAPACITY_CHUNKS, capacity_problems, rmmod_pro
 from harness.oracles.cmatest import parse_records
 from harness.oracles.ktap import parse_ktap, plan
 from harness.scenario.client import DriverClient
-from harness.scenario.model import MAIN, Step, StepResult, StepStatus
+from harness.scenario.model import FILL, MAIN, CmaShare, Step, StepResult, StepStatus
 
 # cma_test steps per guest command in a batched repeat (a console line holds ~4 KiB).
 BATCH_CHARS = 3000
@@ -65,6 +75,29 @@ class LiveModel:
 def starts_process(step: Step, model: LiveModel, source: str) -> set[str]:
     """The default static check: the step's process (main unless named) runs from here on."""
     return model.live.setdefault(step.args.get("process", MAIN), set())
+
+
+def cma_size(value: Any) -> int | CmaShare:
+    """Bytes (4M, 800*480*4) or a share of the target's CMA area (50%, cma/2), resolved at run time."""
+    try:
+        share = parse_share(value)
+    except ValueError:
+        share = None
+    if share is not None:
+        return CmaShare(share[0], share[1], str(value).strip())
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError("a size (bytes, or with K/M/G) or a share of the CMA area (50%, cma/2, cma*3/4)") from None
+
+
+def count_or_fill(value: Any) -> int | str:
+    if value == FILL:
+        return FILL
+    try:
+        return is_positive_int(value)
+    except ValueError:
+        raise ValueError(f"a positive integer, or '{FILL}' (as many as the area holds)") from None
 
 
 def _succeeds(step: Step) -> bool:
@@ -182,6 +215,9 @@ class StepKind:
     check: Callable[[Step, LiveModel, str], object] = starts_process
     words: Callable[[Step], Words] | None = None  # set: a cma_test step, batched inside repeat
     body: bool = False  # has nested steps (repeat: its `steps` field)
+    # Bytes of CMA the step needs to do what it says (sizes resolved): checked before boot, so a
+    # scenario too big for a board's reservation is refused, never a failing verdict.
+    needs: Callable[[Step], int] | None = None
 
     @property
     def schema(self) -> Schema:
@@ -189,6 +225,24 @@ class StepKind:
 
 
 REGISTRY: dict[str, StepKind] = {}
+
+
+def fit_problems(steps: list[Step], cma: int, source: str) -> list[str]:
+    """What a scenario (its sizes resolved for an area of `cma` bytes) asks of the area beyond its size."""
+    problems = []
+    for step in steps:
+        needs = REGISTRY[step.kind].needs
+        need = needs(step) if needs else 0
+        if need > cma:
+            problems.append(
+                f"{source}:{step.line}: {step.describe()} needs {_mib(need)} of CMA; the area is {_mib(cma)}"
+            )
+        problems += fit_problems(list(step.body), cma, source)
+    return problems
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
 
 
 def register(kind: StepKind) -> StepKind:
@@ -233,13 +287,14 @@ register(
         "alloc",
         (
             Field("name", block_name, required=True),
-            Field("size", parse_size, required=True, doc="bytes, e.g. 800*480*4 or 4M"),
+            Field("size", cma_size, required=True, doc="bytes, e.g. 800*480*4 or 4M, or a share of the area: 50%"),
             Field("type", one_of("wc", "coherent"), default="wc"),
             PROCESS,
             EXPECT,
         ),
         run=run_words,
         check=_alloc_check,
+        needs=lambda s: s.args["size"] if _succeeds(s) else 0,
         words=lambda s: (
             f"alloc {s.args['name']} {s.args['size']} {s.args['type']}{_expect(s.args)}",
             {s.args["name"]: s.args["type"]},
@@ -340,6 +395,14 @@ register(
 def _fragment(client: DriverClient, step: Step, result: StepResult) -> None:
     a = step.args
     n, size, kind = a["count"], a["size"], a["type"]
+    if n == FILL:
+        # As many blocks as the area holds by the capacity baseline (else its size), an even
+        # number so the last block stays: every hole left is one block, none merges with the tail.
+        room = client.state.capacity_baseline or client.cma_bytes
+        n = room // size // 2 * 2
+        if n < 4:
+            result.fail(f"fragment: the area holds {room} bytes, room for only {n} blocks of {size}; 4 needed")
+            return
     words = [f"alloc frag.{i} {size} {kind}" for i in range(n)]
     words += [f"free frag.{i}" for i in range(0, n, 2)]
     words.append(f"alloc frag.large {a['large']} {kind}{_expect(a)}")
@@ -349,7 +412,9 @@ def _fragment(client: DriverClient, step: Step, result: StepResult) -> None:
 
 def _fragment_check(step: Step, model: LiveModel, source: str) -> None:
     live = starts_process(step, model, source)
-    live.update(f"frag.{i}" for i in range(1, step.args["count"], 2))  # the odd-numbered blocks stay
+    count = step.args["count"]
+    # The odd-numbered blocks stay; with `fill` at least frag.1 and frag.3 (4 blocks or the step fails).
+    live.update(f"frag.{i}" for i in range(1, 4 if count == FILL else count, 2))
     if _succeeds(step):
         live.add("frag.large")
 
@@ -358,15 +423,19 @@ register(
     StepKind(
         "fragment",
         (
-            Field("count", is_positive_int, required=True),
-            Field("size", parse_size, required=True),
-            Field("large", parse_size, required=True),
+            Field("count", count_or_fill, required=True),
+            Field("size", cma_size, required=True),
+            Field("large", cma_size, required=True),
             Field("type", one_of("wc", "coherent"), default="coherent"),
             PROCESS,
             EXPECT,
         ),
         run=_fragment,
         check=_fragment_check,
+        # `count` blocks must fit (4 with fill), and so must `large` when it is meant to.
+        needs=lambda s: max(
+            (4 if s.args["count"] == FILL else s.args["count"]) * s.args["size"], s.args["large"] if _succeeds(s) else 0
+        ),
     )
 )
 
@@ -378,7 +447,14 @@ def _exhaust(client: DriverClient, step: Step, result: StepResult) -> None:
             result.fail("exhaust: not a single chunk could be allocated")
 
 
-register(StepKind("exhaust", (Field("chunk", parse_size, required=True), PROCESS), run=_exhaust))
+register(
+    StepKind(
+        "exhaust",
+        (Field("chunk", parse_size, required=True), PROCESS),
+        run=_exhaust,
+        needs=lambda s: s.args["chunk"],
+    )
+)
 
 
 # --- processes and the module ------------------------------------------------------
