@@ -70,8 +70,6 @@ def compare(pred: Predicted, rec: CmaRecord | None) -> list[Mismatch]:
         if got is None or not _same(want, got):
             out.append(Mismatch("field", pred.step, pred.op, key, want, got or ""))
     for c in pred.constraints:
-        if c.key in pred.fields:
-            continue
         why = _check_constraint(c, rec)
         if why:
             out.append(Mismatch("constraint", pred.step, pred.op, c.key, c.describe(), rec.get(c.key), why))

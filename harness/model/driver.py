@@ -238,6 +238,7 @@ class Params:
     reservation: tuple[int, int] | None = None  # [lo, hi) of the CMA area, if known
     bits: int = 64  # 32 for armhf callers (cookie limit, SIZE_MAX)
     test_pattern: bool = True
+    fake_addresses: bool = False  # simulation: invent addresses instead of leaving them unknown
 
 
 class DriverModel:
@@ -252,6 +253,8 @@ class DriverModel:
         self.used = 0
         self.nblocks = 0
         self.step = 0  # cma_test's record counter within the current command
+        self._fake_phys = 0x4000_0000
+        self._fake_user = 0x7F00_0000_0000
 
     def clone(self) -> DriverModel:
         return copy.deepcopy(self)
@@ -386,6 +389,11 @@ class DriverModel:
         if need + align + slack <= free:
             return ("0",)
         return ("ENOMEM", "0") if need > free else ("0", "ENOMEM")
+
+    def _fake_addr(self, length: int) -> int:
+        addr = self._fake_user
+        self._fake_user += length + PAGE
+        return addr
 
     def _live_ranges(self, exclude: Block | None = None) -> tuple[tuple[int, int, str], ...]:
         return tuple(
@@ -600,6 +608,10 @@ class DriverModel:
         if rec is not None and rec.get("errno") == "0":
             b.phys = rec.int("phys")
             b.user_addr = rec.int("user")
+        elif self.p.fake_addresses:
+            b.phys = self._fake_phys
+            self._fake_phys += b.pages * PAGE
+            b.user_addr = self._fake_addr(length)
         else:
             b.user_addr = None
         m = Mapping(b, 0, length, b.user_addr, "alloc")
@@ -607,6 +619,10 @@ class DriverModel:
         pr.entries[self.key(name)] = Entry(name, b.id, length, offset, b.user_addr, m)
         fields["id"] = str(b.id)
         fields["len"] = str(length)
+        if b.phys is not None:
+            fields["phys"] = f"{b.phys:#x}"
+        if b.user_addr is not None:
+            fields["user"] = f"{b.user_addr:#x}"
         pred.constraints += [
             Constraint("aligned", "phys"),
             Constraint("disjoint", "phys", size=b.pages * PAGE, others=live),
@@ -748,6 +764,10 @@ class DriverModel:
         if size > b.len - inner:
             return "EINVAL"
         addr = rec.int("addr") if rec is not None and rec.get("errno") == "0" else None
+        if addr is None and rec is None and self.p.fake_addresses:
+            addr = self._fake_addr(size)
+        if addr is not None:
+            fields["addr"] = f"{addr:#x}"
         pred.constraints += [
             Constraint("nonzero", "addr"),
             Constraint("aligned", "addr"),
