@@ -192,6 +192,7 @@ def _measure(ex: GuestExecutor) -> Params:
     recs = {r.op: r for r in parse_records(out)}
     total = recs["total"].int("cma_total") or 0
     capacity = recs["exhaust"].int("total") or total
+    ex._run("rmmod cma_mem; insmod /lib/modules/cma_mem.ko")  # the probe used ids: start again from 1
     return Params(cma_total=total, capacity=capacity)
 
 
