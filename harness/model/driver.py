@@ -702,9 +702,7 @@ class DriverModel:
             pos = 0
             while pos < e.len:
                 addr = e.mem_base + pos
-                hit = next(
-                    (m for m in pr.mappings if m.addr is not None and m.addr <= addr < m.addr + m.length), None
-                )
+                hit = next((m for m in pr.mappings if m.addr is not None and m.addr <= addr < m.addr + m.length), None)
                 if hit is None:
                     return (pos, None)
                 assert hit.addr is not None
@@ -732,7 +730,7 @@ class DriverModel:
         spec = op.offset
         if spec.startswith("@"):
             name, plus, extra = spec[1:].partition("+")
-            e = pr.entries.get(self.key(name[: NAME_LEN]))
+            e = pr.entries.get(self.key(name[:NAME_LEN]))
             if e is None:
                 err = "ENOENT"
             else:

@@ -107,7 +107,7 @@ class Generator:
         live = [b.name for b in pr.file.blocks] if pr.file else []
         if live and self.rng.random() < 0.2:
             base = self.rng.choice(live)
-            name = base[:-1] if len(base) > 1 and self.rng.random() < 0.5 else (base + "z")[:NAME_LEN + 1]
+            name = base[:-1] if len(base) > 1 and self.rng.random() < 0.5 else (base + "z")[: NAME_LEN + 1]
             self._tag("name_prefix")
         else:
             name = self.rng.choice(NAMES)

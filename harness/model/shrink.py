@@ -86,9 +86,9 @@ STABLE = ("status", "errno", "expect", "proc", "id", "len", "offset", "blocks", 
           "bytes", "at", "want", "got", "ret", "cmd", "exit", "name", "seed")  # fmt: skip
 
 _AWK = (
-    "/^@cma /{s=\"\"; for(i=2;i<=NF;i++) if($i ~ /^step=/) s=substr($i,6); "
-    "if(s!=\"\" && !(s in seen)){seen[s]=1; for(i=2;i<=NF;i++){ if($i ~ /^msg=/) break; have[s \":\" $i]=1 }}} "
-    "END{n=split(W,w,\" \"); bad=0; for(i=1;i<=n;i++) if(!(w[i] in have)){print \"model mismatch: step \" w[i]; bad=1} "
+    '/^@cma /{s=""; for(i=2;i<=NF;i++) if($i ~ /^step=/) s=substr($i,6); '
+    'if(s!="" && !(s in seen)){seen[s]=1; for(i=2;i<=NF;i++){ if($i ~ /^msg=/) break; have[s ":" $i]=1 }}} '
+    'END{n=split(W,w," "); bad=0; for(i=1;i<=n;i++) if(!(w[i] in have)){print "model mismatch: step " w[i]; bad=1} '
     "exit bad}"
 )
 
