@@ -246,7 +246,9 @@ def _guest_main(a: argparse.Namespace) -> int:
             params = _measure(ex)
             res = guest.facts.reservation
             if res is not None:
+                # The contract: cma_total is the CMA area, as the kernel reserved it (not what the driver says).
                 params.reservation = (res.base, res.base + (res.size_mib << 20))
+                params.cma_total = res.size_mib << 20
             params.bits = 32 if "armv7" in a.target or "compat" in a.target else 64
             print(f"cma_total={params.cma_total} capacity={params.capacity} reservation={params.reservation}")
             model = DriverModel(params)
