@@ -865,6 +865,11 @@ class DriverModel:
         pred.constraints.append(Constraint("nonzero", "pid"))
         return [*out, pred]
 
+    def consume_ids(self, n: int) -> None:
+        """Another program (an exhaust probe) allocated n blocks: the id counter moved on."""
+        if self.last_id is not None:
+            self.last_id = (self.last_id + n - 1) % (ID_WRAP - 1) + 1 if n else self.last_id
+
     # -- guest actions -----------------------------------------------------
 
     def guest(self, op: Op) -> GuestOutcome:

@@ -22,7 +22,7 @@ from typing import Protocol
 from harness.model.check import Mismatch, check_batch, check_guest
 from harness.model.driver import DriverModel, Params
 from harness.model.gen import Generator
-from harness.model.ops import Op, batches, count_steps
+from harness.model.ops import BATCH_CHARS, Op, batches, count_steps
 from harness.model.shrink import replan, shrink, to_scenario_yaml
 from harness.parsers.cmatest import parse_records
 
@@ -60,9 +60,9 @@ class Failure:
     mismatches: list[Mismatch]
 
 
-def run_sequence(ops: list[Op], model: DriverModel, ex: Executor) -> list[Mismatch]:
+def run_sequence(ops: list[Op], model: DriverModel, ex: Executor, max_chars: int = BATCH_CHARS) -> list[Mismatch]:
     """Run ops command by command, checking each against the model; stop at the first mismatch."""
-    for b in batches(ops):
+    for b in batches(ops, max_chars):
         g = b.guest
         if g is not None:
             outcome = model.guest(g)
@@ -87,24 +87,47 @@ class FuzzStats:
 
 
 def fuzz(
-    model: DriverModel, ex: Executor, seed: int, total_ops: int, round_ops: int = 200
+    model: DriverModel,
+    ex: Executor,
+    seed: int,
+    total_ops: int,
+    round_ops: int = 200,
+    max_chars: int = BATCH_CHARS,
+    gen: Generator | None = None,
 ) -> tuple[FuzzStats, Failure | None]:
     """Rounds of ~round_ops steps until total_ops ran or a mismatch; the failing prefix is kept."""
-    gen = Generator(seed)
+    gen = gen or Generator(seed)
     stats = FuzzStats()
     history: list[Op] = []
     start = time.monotonic()
     while stats.ops < total_ops:
         ops = gen.round(model, min(round_ops, total_ops - stats.ops))
-        for b in batches(ops):
+        for b in batches(ops, max_chars):
             history.extend(b.ops)
             stats.commands += 1
-            found = run_sequence(list(b.ops), model, ex)
+            found = run_sequence(list(b.ops), model, ex, max_chars)
             stats.ops += count_steps(b.ops)
             if found:
                 stats.seconds = time.monotonic() - start
                 stats.coverage = dict(gen.coverage)
                 return stats, Failure(history, found)
+    probe = getattr(ex, "capacity", None)
+    if probe is not None and model.loaded:
+        # The leak oracle: every process gone, nothing live in the model; what can be allocated
+        # must be what could be allocated at the start, to the CMA granule of a block (2 pages).
+        for name in list(model.procs):
+            end = Op("exit", name)
+            model.guest(end)
+            ex.guest(end)
+        assert model.live_pages == 0
+        got, count = probe()
+        model.consume_ids(count)
+        base = model.p.capacity
+        if base is not None and got < base:
+            detail = f"{base - got} bytes fewer allocatable than at the start ({base} -> {got}): CMA leaked"
+            stats.seconds = time.monotonic() - start
+            stats.coverage = dict(gen.coverage)
+            return stats, Failure(history, [Mismatch("leak", 0, None, detail=detail)])
     stats.seconds = time.monotonic() - start
     stats.coverage = dict(gen.coverage)
     return stats, None
@@ -176,6 +199,12 @@ class GuestExecutor:
             return self._run("rmmod cma_mem")[0] == 0
         return self._run(f"insmod {MODULE_PATH}")[0] == 0
 
+    def capacity(self) -> tuple[int, int]:
+        """Bytes and blocks an exhaust probe gets (granule: 8 KiB, the least a block holds)."""
+        _, out, _ = self._run(f"cma_test exhaust {PROBE_CHUNKS}")
+        rec = next(r for r in parse_records(out) if r.op == "exhaust")
+        return rec.int("total") or 0, rec.int("count") or 0
+
     def reset(self) -> None:
         from harness.runner import MODULE_PATH
         from harness.session import RESET_COMMAND
@@ -185,10 +214,13 @@ class GuestExecutor:
         self._run(f"insmod {MODULE_PATH}")
 
 
+PROBE_CHUNKS = "16M,1M,64K,8K"
+
+
 def _measure(ex: GuestExecutor) -> Params:
     """cma_total from the driver, the capacity from an exhaust probe."""
     ex._run("insmod /lib/modules/cma_mem.ko 2>/dev/null; true")
-    _, out, _ = ex._run("cma_test total exhaust 16M,1M")
+    _, out, _ = ex._run(f"cma_test total exhaust {PROBE_CHUNKS}")
     recs = {r.op: r for r in parse_records(out)}
     total = recs["total"].int("cma_total") or 0
     capacity = recs["exhaust"].int("total") or total
@@ -206,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("fuzz-out"))
     ap.add_argument("--sim", action="store_true", help="no guest: check the model against a simulation of itself")
     ap.add_argument("--no-shrink", action="store_true")
+    ap.add_argument("--transport", choices=("serial", "ssh"), default="serial")
+    ap.add_argument(
+        "--batch-chars", type=int, default=BATCH_CHARS, help="characters per guest command (ssh: up to 60000)"
+    )
+    ap.add_argument("--switch", type=float, default=0.04, help="chance per step of switching process")
+    ap.add_argument("--fork-weight", type=int, default=3)
+    ap.add_argument("--guest-rate", type=float, default=0.015)
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.sim:
@@ -235,6 +274,7 @@ def _guest_main(a: argparse.Namespace) -> int:
         kmod=a.kmod or paths.kmod_dir(),
         out=a.out,
         cache=paths.cache_dir(),
+        transport=a.transport,
     )
     record = RunRecord(target=a.target)
     stages = Stages(record, lambda name, event, s: None)
@@ -252,7 +292,8 @@ def _guest_main(a: argparse.Namespace) -> int:
             params.bits = 32 if "armv7" in a.target or "compat" in a.target else 64
             print(f"cma_total={params.cma_total} capacity={params.capacity} reservation={params.reservation}")
             model = DriverModel(params)
-            stats, failure = fuzz(model, ex, a.seed, a.ops, a.round)
+            gen = Generator(a.seed, switch=a.switch, fork_weight=a.fork_weight, guest_rate=a.guest_rate)
+            stats, failure = fuzz(model, ex, a.seed, a.ops, a.round, a.batch_chars, gen)
             _report(stats, failure)
             events = guest.events()
             if events:

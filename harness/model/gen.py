@@ -51,8 +51,20 @@ EDGE_CLASSES = frozenset(
 
 
 class Generator:
-    def __init__(self, seed: int, *, procs: tuple[str, ...] = PROCS, guest_actions: bool = True) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        procs: tuple[str, ...] = PROCS,
+        guest_actions: bool = True,
+        switch: float = 0.04,
+        fork_weight: int = 3,
+        guest_rate: float = 0.015,
+    ) -> None:
+        self.guest_rate = guest_rate  # chance per step of a guest action (exit, kill, rmmod, insmod)
         self.rng = random.Random(seed)
+        self.switch = switch  # chance per step of moving to another process (ends a command)
+        self.fork_weight = fork_weight  # a fork ends its command too
         self.procs = procs
         self.guest_actions = guest_actions
         self.coverage: Counter[str] = Counter()
@@ -221,7 +233,7 @@ class Generator:
             "mmap": 10,
             "raw": 10,
             "close": 1 if in_child else 2,
-            "fork": 0 if in_child else 3,
+            "fork": 0 if in_child else self.fork_weight,
         }
         kind = rng.choices(list(weights), list(weights.values()))[0]
         if kind == "alloc":
@@ -287,11 +299,11 @@ class Generator:
         out: list[Op] = []
         while count_steps(out) < n:
             r = self.rng.random()
-            if r < 0.04:
+            if r < self.switch:
                 self.cur = self.rng.choice(self.procs)
                 if self.cur != self.procs[0]:
                     self._tag("second_process")
-            if self.guest_actions and (r > 0.985 or not plan.loaded):
+            if self.guest_actions and (r > 1 - self.guest_rate or not plan.loaded):
                 for op in self._guest(plan):
                     planned = self._plan(plan, op)
                     if planned is not None:
