@@ -21,7 +21,7 @@ stable for a given source.
 --run builds each mutant through `cma-harness run --kmod DIR --target T --scenario
 configs/scenarios` (exit 1: killed, 0: survived, 2/3: build or infrastructure failure,
 counted apart), and with --fuzz-ops also runs the model-checked fuzzer on survivors
-(python -m harness.model.fuzz --kmod DIR --ops N). It prints killed/total and the survivors.
+(cma-harness fuzz --kmod DIR --ops N). It prints killed/total and the survivors.
 """
 
 from __future__ import annotations
@@ -334,7 +334,7 @@ def _run_one(m: Mutant, source: str, target: str, out: Path, fuzz_ops: int) -> O
             return Outcome(m.id, m.op, m.line, verdict, "-", time.monotonic() - start, " | ".join(tail))
         if fuzz_ops:
             f = subprocess.run(
-                [str(ROOT / ".venv" / "bin" / "python"), "-m", "harness.model.fuzz", "--kmod", str(kdir),
+                [str(ROOT / ".venv" / "bin" / "cma-harness"), "fuzz", "--kmod", str(kdir), "--no-shrink",
                  "--target", target, "--ops", str(fuzz_ops), "--seed", "1", "--out", str(run_out / "fuzz")],
                 capture_output=True, text=True, cwd=ROOT,
             )  # fmt: skip

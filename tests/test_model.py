@@ -12,7 +12,7 @@ from harness.model.fuzz import SimExecutor, fuzz, minimise, run_sequence
 from harness.model.gen import EDGE_CLASSES, Generator
 from harness.model.ops import Op, batches, count_steps
 from harness.model.shrink import ddmin, replan, to_scenario_yaml
-from harness.parsers.cmatest import parse_records
+from harness.oracles.cmatest import parse_records
 
 TOTAL = 64 << 20
 
@@ -251,9 +251,9 @@ def test_ddmin_finds_the_minimal_core() -> None:
 class PrefixLookup(DriverModel):
     """A planted bug: by-name lookups match a prefix of the stored name (strncmp with the caller's length)."""
 
-    def _lookup(self, pr: Proc, name: str) -> tuple[str, object]:  # type: ignore[override]
+    def lookup(self, pr: Proc, name: str) -> tuple[str, object]:  # type: ignore[override]
         if not self.name_ok(name) or pr.file is None:
-            return super()._lookup(pr, name)
+            return super().lookup(pr, name)
         for b in pr.file.blocks:
             if b.name.startswith(name):
                 return ("0", b) if b.owner == pr.pid else ("EPERM", None)

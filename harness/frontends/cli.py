@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)  # report, compare
 
+    from harness.frontends.fuzz import add_parser as add_fuzz
+
+    add_fuzz(sub)
+
     sub.add_parser("targets", help="list targets")
     sub.add_parser("scenarios", help="list scenarios")
     return parser
@@ -236,7 +240,7 @@ def cancel_on_signals() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("run", "prepare", "setup"):
+    if args.command in ("run", "prepare", "setup", "fuzz"):
         cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop
     try:
         if args.command == "setup":
@@ -249,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_boot(args)
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "fuzz":
+            from harness.frontends.fuzz import cmd_fuzz
+
+            return cmd_fuzz(args)
         if args.command in ("report", "compare"):
             from harness.frontends.cli_reports import cmd_compare, cmd_report
 

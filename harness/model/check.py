@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from harness.model.driver import PAGE, Constraint, DriverModel, GuestOutcome, Predicted
 from harness.model.ops import Op
-from harness.parsers.cmatest import CmaRecord, parse_records
+from harness.oracles.cmatest import CmaRecord, parse_records
 
 
 @dataclass(frozen=True)

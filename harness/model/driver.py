@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from harness.model.ops import Op
-from harness.parsers.cmatest import CmaRecord
+from harness.oracles.cmatest import CmaRecord
 
 PAGE = 4096
 NAME_LEN = 16  # CMA_MEM_NAME_LEN: at most 15 bytes + NUL
@@ -418,7 +418,7 @@ class DriverModel:
     def key(name: str) -> str:
         return name.encode()[:NAME_LEN].decode(errors="replace")
 
-    def _lookup(self, pr: Proc, name: str) -> tuple[str, Block | None]:
+    def lookup(self, pr: Proc, name: str) -> tuple[str, Block | None]:
         """cma_mem_lookup(): EINVAL (name), ENOENT (not in this file), EPERM (not the owner)."""
         if not self.name_ok(name):
             return "EINVAL", None
@@ -446,9 +446,9 @@ class DriverModel:
     def apply(self, op: Op, observed: dict[int, CmaRecord] | None = None) -> list[Predicted]:
         """Predict one step (a fork: its child's steps, then its own record) and update the state."""
         pr = self.proc(op.proc)
-        return self._run_step(pr, op, observed)
+        return self.run_step(pr, op, observed)
 
-    def _run_step(self, pr: Proc, op: Op, observed: dict[int, CmaRecord] | None) -> list[Predicted]:
+    def run_step(self, pr: Proc, op: Op, observed: dict[int, CmaRecord] | None) -> list[Predicted]:
         self.step += 1
         step = self.step
         rec = observed.get(step) if observed is not None else None
@@ -468,7 +468,7 @@ class DriverModel:
             fields["name"] = op.name
             err = self._need_fd(pr)
             if err == "0":
-                err, b = self._lookup(pr, op.name)
+                err, b = self.lookup(pr, op.name)
                 if b is not None:
                     self._block_fields(b, fields, pred)
         elif k == "total":
@@ -644,7 +644,7 @@ class DriverModel:
             return err
         if ptr == "bad":
             return "EFAULT"
-        err, b = self._lookup(pr, name)
+        err, b = self.lookup(pr, name)
         if b is None:
             return err
         assert pr.file is not None
@@ -810,7 +810,7 @@ class DriverModel:
             if op.ptr == "bad":
                 err = "EFAULT"
             else:
-                err, b = self._lookup(pr, name)
+                err, b = self.lookup(pr, name)
                 if b is not None:
                     if which == "CMEM_CACHE_FLUSH":
                         err = "0"
@@ -851,7 +851,7 @@ class DriverModel:
         child = self.fork_child(pr)
         out: list[Predicted] = []
         for sub in op.child:
-            out.extend(self._run_step(child, sub, observed))
+            out.extend(self.run_step(child, sub, observed))
         self._exit(child)
         failed = any(p.fields.get("status") == "fail" for p in out)
         fields: dict[str, str] = {"op": "fork", "status": "fail" if failed or (op.expect or "0") != "0" else "ok"}

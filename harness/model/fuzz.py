@@ -1,7 +1,7 @@
 """The fuzz loop: generate a round, run it (a guest, or a simulated driver), check, shrink.
 
-    python -m harness.model.fuzz --seed S --ops N [--target T] [--kmod DIR] [--out DIR]
-    python -m harness.model.fuzz --sim --seed S --ops N     (no guest: the model against itself)
+    cma-harness fuzz --seed S --ops N [--target T] [--kmod DIR] [--out DIR]
+    cma-harness fuzz --sim --seed S --ops N     (no guest: the model against itself)
 
 Executors run one guest command: `batch(proc, words) -> cma_test output` (the steps inside
 server `proc`), `guest(op) -> bool` (exit, kill, rmmod, insmod). `GuestExecutor` drives a
@@ -11,20 +11,20 @@ prints the records it predicts, for tests and for measuring the model's own spee
 
 from __future__ import annotations
 
-import argparse
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
+from harness.errors import GuestSetupError
+from harness.guest.shell import MODULE_PATH, RESET_COMMAND, wait_gone
+from harness.guest.transport.base import Transport
 from harness.model.check import Mismatch, check_batch, check_guest
 from harness.model.driver import DriverModel, Params
 from harness.model.gen import Generator
 from harness.model.ops import BATCH_CHARS, Op, batches, count_steps
-from harness.model.shrink import replan, shrink, to_scenario_yaml
-from harness.parsers.cmatest import parse_records
+from harness.model.shrink import replan, shrink
+from harness.oracles.cmatest import parse_records
 
 
 class Executor(Protocol):
@@ -157,167 +157,67 @@ class ExecutorFactory(Protocol):
 class GuestExecutor:
     """cma_test servers in a booted guest, one per process name, started on first use."""
 
-    def __init__(self, transport: object, timeout: float = 120.0) -> None:
+    def __init__(self, transport: Transport, timeout: float = 120.0) -> None:
         self.t = transport
         self.timeout = timeout
         self.pids: dict[str, int] = {}
 
-    def _run(self, command: str) -> tuple[int, str, str]:
-        out = self.t.run(command, timeout=self.timeout)  # type: ignore[attr-defined]
+    def run_command(self, command: str) -> tuple[int, str, str]:
+        out = self.t.run(command, timeout=self.timeout)
         return out.status, out.stdout, out.stderr
 
     def _ensure(self, proc: str) -> None:
         if proc in self.pids:
             return
-        _, stdout, stderr = self._run(f"cma_test serve {shlex.quote(proc)}")
+        _, stdout, stderr = self.run_command(f"cma_test serve {shlex.quote(proc)}")
         recs = parse_records(stdout)
         pid = recs[0].int("pid") if recs else None
         if pid is None:
-            raise RuntimeError(f"cannot start cma_test server {proc}: {stdout} {stderr}")
+            raise GuestSetupError(f"the guest-side helper `cma_test serve {proc}` could not start: {stdout} {stderr}")
         self.pids[proc] = pid
 
     def batch(self, proc: str, ops: tuple[Op, ...]) -> str:
         self._ensure(proc)
         words = " ".join(op.words() for op in ops)
-        _, stdout, _ = self._run(f"cma_test ctl {shlex.quote(proc)} {words}")
+        _, stdout, _ = self.run_command(f"cma_test ctl {shlex.quote(proc)} {words}")
         return stdout
 
     def guest(self, op: Op) -> bool:
-        from harness.runner import MODULE_PATH, wait_gone
-
         if op.kind in ("exit", "kill"):
             pid = self.pids.pop(op.proc, None)
             if pid is None:
                 return True
             if op.kind == "exit":
-                self._run(f"cma_test ctl {shlex.quote(op.proc)} exit >/dev/null")
+                self.run_command(f"cma_test ctl {shlex.quote(op.proc)} exit >/dev/null")
             else:
-                self._run(f"kill -9 {pid}")
-            self._run(wait_gone(str(pid)))
+                self.run_command(f"kill -9 {pid}")
+            self.run_command(wait_gone(str(pid)))
             return True
         if op.kind == "rmmod":
-            return self._run("rmmod cma_mem")[0] == 0
-        return self._run(f"insmod {MODULE_PATH}")[0] == 0
+            return self.run_command("rmmod cma_mem")[0] == 0
+        return self.run_command(f"insmod {MODULE_PATH}")[0] == 0
 
     def capacity(self) -> tuple[int, int]:
         """Bytes and blocks an exhaust probe gets (granule: 8 KiB, the least a block holds)."""
-        _, out, _ = self._run(f"cma_test exhaust {PROBE_CHUNKS}")
+        _, out, _ = self.run_command(f"cma_test exhaust {PROBE_CHUNKS}")
         rec = next(r for r in parse_records(out) if r.op == "exhaust")
         return rec.int("total") or 0, rec.int("count") or 0
 
     def reset(self) -> None:
-        from harness.runner import MODULE_PATH
-        from harness.session import RESET_COMMAND
-
-        self._run(RESET_COMMAND)
+        self.run_command(RESET_COMMAND)
         self.pids.clear()
-        self._run(f"insmod {MODULE_PATH}")
+        self.run_command(f"insmod {MODULE_PATH}")
 
 
 PROBE_CHUNKS = "16M,1M,64K,8K"
 
 
-def _measure(ex: GuestExecutor) -> Params:
+def measure(ex: GuestExecutor) -> Params:
     """cma_total from the driver, the capacity from an exhaust probe."""
-    ex._run("insmod /lib/modules/cma_mem.ko 2>/dev/null; true")
-    _, out, _ = ex._run(f"cma_test total exhaust {PROBE_CHUNKS}")
+    ex.run_command("insmod /lib/modules/cma_mem.ko 2>/dev/null; true")
+    _, out, _ = ex.run_command(f"cma_test total exhaust {PROBE_CHUNKS}")
     recs = {r.op: r for r in parse_records(out)}
     total = recs["total"].int("cma_total") or 0
     capacity = recs["exhaust"].int("total") or total
-    ex._run("rmmod cma_mem; insmod /lib/modules/cma_mem.ko")  # the probe used ids: start again from 1
+    ex.run_command("rmmod cma_mem; insmod /lib/modules/cma_mem.ko")  # the probe used ids: start again from 1
     return Params(cma_total=total, capacity=capacity)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.model.fuzz")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--ops", type=int, default=1000)
-    ap.add_argument("--round", type=int, default=200, help="steps planned per round")
-    ap.add_argument("--target", default="arm64-fast")
-    ap.add_argument("--kmod", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=Path("fuzz-out"))
-    ap.add_argument("--sim", action="store_true", help="no guest: check the model against a simulation of itself")
-    ap.add_argument("--no-shrink", action="store_true")
-    ap.add_argument("--transport", choices=("serial", "ssh"), default="serial")
-    ap.add_argument(
-        "--batch-chars", type=int, default=BATCH_CHARS, help="characters per guest command (ssh: up to 60000)"
-    )
-    ap.add_argument("--switch", type=float, default=0.04, help="chance per step of switching process")
-    ap.add_argument("--fork-weight", type=int, default=3)
-    ap.add_argument("--guest-rate", type=float, default=0.015)
-    a = ap.parse_args(argv)
-    a.out.mkdir(parents=True, exist_ok=True)
-    if a.sim:
-        params = Params(cma_total=256 << 20, capacity=250 << 20)
-        stats, failure = fuzz(DriverModel(params), SimExecutor(DriverModel(Params(**vars(params)))), a.seed, a.ops)
-        _report(stats, failure)
-        return 1 if failure else 0
-    return _guest_main(a)
-
-
-def _report(stats: FuzzStats, failure: Failure | None) -> None:
-    print(f"{stats.ops} ops in {stats.commands} commands, {stats.seconds:.1f} s ({stats.rate:.0f} ops/s)")
-    print("coverage: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.coverage.items())))
-    if failure:
-        for m in failure.mismatches[:10]:
-            print("MISMATCH " + m.describe())
-
-
-def _guest_main(a: argparse.Namespace) -> int:
-    from harness import paths
-    from harness.session import RunOptions, RunRecord, Stages, _boot, _prepare
-    from harness.targets import resolve_target
-
-    opts = RunOptions(
-        target=resolve_target(a.target),
-        scenarios=[],
-        kmod=a.kmod or paths.kmod_dir(),
-        out=a.out,
-        cache=paths.cache_dir(),
-        transport=a.transport,
-    )
-    record = RunRecord(target=a.target)
-    stages = Stages(record, lambda name, event, s: None)
-    files = _prepare(opts, stages, record, print)
-    with (a.out / "console.log").open("wb", buffering=0) as log:
-        guest = _boot(opts, stages, files, log, record)
-        try:
-            ex = GuestExecutor(guest.transport)
-            params = _measure(ex)
-            res = guest.facts.reservation
-            if res is not None:
-                # The contract: cma_total is the CMA area, as the kernel reserved it (not what the driver says).
-                params.reservation = (res.base, res.base + (res.size_mib << 20))
-                params.cma_total = res.size_mib << 20
-            params.bits = 32 if "armv7" in a.target or "compat" in a.target else 64
-            print(f"cma_total={params.cma_total} capacity={params.capacity} reservation={params.reservation}")
-            model = DriverModel(params)
-            gen = Generator(a.seed, switch=a.switch, fork_weight=a.fork_weight, guest_rate=a.guest_rate)
-            stats, failure = fuzz(model, ex, a.seed, a.ops, a.round, a.batch_chars, gen)
-            _report(stats, failure)
-            events = guest.events()
-            if events:
-                print(f"kernel events: {[e.title for e in events]}")
-            if failure is None:
-                return 0
-            if not a.no_shrink:
-
-                def fresh_model() -> DriverModel:
-                    return DriverModel(Params(**vars(params)))
-
-                def fresh_ex() -> Executor:
-                    ex.reset()
-                    return ex
-
-                small = minimise(failure, fresh_model, fresh_ex)
-                text = to_scenario_yaml(small, fresh_model(), description=failure.mismatches[0].describe())
-                (a.out / "repro.yaml").write_text(text)
-                print(f"shrunk to {count_steps(small)} steps: {a.out / 'repro.yaml'}")
-            return 1
-        finally:
-            guest.poweroff()
-            guest.stop()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

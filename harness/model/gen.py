@@ -88,7 +88,7 @@ class Generator:
             if snapshot is not None:
                 plan.__dict__.update(snapshot.__dict__)
             return None
-        return _with_expects(op, preds)
+        return with_expects(op, preds)
 
     # -- choices ------------------------------------------------------------
 
@@ -266,7 +266,7 @@ class Generator:
         for _ in range(self.rng.randrange(1, 7)):
             op = replace(self._step(scratch, child, in_child=True), proc=pr.name)
             try:
-                scratch._run_step(child, op, None)
+                scratch.run_step(child, op, None)
             except Unpredictable:
                 continue
             ops.append(op)
@@ -317,7 +317,7 @@ class Generator:
         return out
 
 
-def _with_expects(op: Op, preds: list[Predicted]) -> Op:
+def with_expects(op: Op, preds: list[Predicted]) -> Op:
     """Set expect= on op (and a fork's child steps) from the model's predictions, in step order."""
     it = iter(preds)
 

@@ -22,7 +22,7 @@ from dataclasses import replace
 import yaml
 
 from harness.model.driver import DriverModel
-from harness.model.gen import _with_expects
+from harness.model.gen import with_expects
 from harness.model.ops import Op, batches
 
 Run = Callable[[list[Op]], bool]
@@ -77,7 +77,7 @@ def replan(ops: list[Op], model: DriverModel) -> list[Op]:
             continue
         model.begin_command()
         for op in b.ops:
-            out.append(_with_expects(op, model.apply(op)))
+            out.append(with_expects(op, model.apply(op)))
     return out
 
 
