@@ -128,7 +128,7 @@ OPTIONAL: tuple[Requirement, ...] = (
         "cma-debugfs",
         ("CONFIG_DEBUG_FS", "CONFIG_CMA_DEBUGFS"),
         "exact page leak oracle: /sys/kernel/debug/cma/*/used before and after each scenario",
-        without="only the allocatable-capacity probe (leaks of at least one 1 MiB granule)",
+        without="only the allocatable-capacity probe (page-exact too: it goes down to 8 KiB)",
     ),
     Requirement(
         "kmemleak",
