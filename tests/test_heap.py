@@ -109,7 +109,7 @@ def test_no_heap_is_a_note_never_a_failure(tmp_path: Path) -> None:
 
 
 COMPARE = """\
-@cma step=1 op=exhaust status=ok errno=0 chunk=1048576 backend=driver total=133169152 count=127
+@cma step=1 op=exhaust status=ok errno=0 chunk=1048576 total=133169152 count=127
 @cma step=2 op=fragtest status=ok errno=0 chunk=1048576 backend=driver count=127 freed=64 large=ENOMEM small=0
 @cma step=3 op=bench status=ok errno=0 size=1048576 backend=driver count=200 alloc_ns=1215736 map_ns=424 free_ns=160272
 @cma step=1 op=exhaust status=ok errno=0 chunk=1048576 backend=heap heap=reserved total=133169152 count=127

@@ -18,6 +18,13 @@ def pattern_off_command() -> str:
     return f"grep -q '^{MODULE} ' /proc/modules && echo 0 > {PATTERN_PARAM}"
 
 
+# While measuring, the console shows warnings and worse only (the live fault detector still sees
+# WARN, BUG, oops): the driver's seven dump_mem lines per allocation (KERN_INFO) would otherwise be
+# written synchronously to the emulated UART inside CMEM_ALLOCATE and be most of its latency.
+QUIET_CONSOLE_COMMAND = "echo 5 > /proc/sys/kernel/printk"
+LOUD_CONSOLE_COMMAND = "echo 8 > /proc/sys/kernel/printk"  # as guestinit leaves it
+
+
 def measure_command(backend: str, size: int, calls: int) -> str:
     """One allocation size on one backend: total allocatable, the fragmentation pattern, latency."""
     heap = " backend=heap" if backend == "heap" else ""

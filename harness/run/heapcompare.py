@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from harness.errors import GuestError
-from harness.guest.heapshell import largest_command, measure_command, pattern_off_command
+from harness.guest.heapshell import (
+    LOUD_CONSOLE_COMMAND,
+    QUIET_CONSOLE_COMMAND,
+    largest_command,
+    measure_command,
+    pattern_off_command,
+)
 from harness.guest.shell import RMMOD_COMMAND, insmod_command
 from harness.oracles.cmatest import CmaRecord, parse_records
 from harness.oracles.heap import compare_rows, heap_name, heap_unavailable, largest
@@ -84,6 +90,8 @@ def _measure_in_guest(
     if not loaded.ok:
         raise GuestError(f"heap-compare: insmod failed: {loaded.stderr.strip()}")
     run(pattern_off_command())
+    run(QUIET_CONSOLE_COMMAND)
+    data["console_loglevel"] = 5
     unavailable = heap_unavailable(run("cma_test heapinfo"))
     backends = ["driver"] if unavailable else ["driver", "heap"]
     data["heap"] = {"available": unavailable is None, "name": None if unavailable else heap_name(records)}
@@ -96,6 +104,7 @@ def _measure_in_guest(
             run(measure_command(backend, size, calls), timeout=MEASURE_TIMEOUT)
     for backend in backends:
         run(largest_command(backend, GRANULE), timeout=MEASURE_TIMEOUT)
+    run(LOUD_CONSOLE_COMMAND)
     transport.run(RMMOD_COMMAND, timeout=60)
     data["rows"] = compare_rows(records, list(sizes), backends)
     data["largest"] = {backend: largest(records, backend) for backend in backends}
