@@ -208,6 +208,7 @@ struct step {
 	int want;		/* expected errno */
 	bool has_want;
 	int ptr;		/* raw: 0 normal, 1 ptr=bad, 2 ptr=ro */
+	int backend;		/* 0 driver, 1 heap (backend=heap): see the heap backend */
 };
 
 static struct {
@@ -885,6 +886,685 @@ static int do_close(struct rec *r)
 	return e;
 }
 
+/* ---- heap backend ----------------------------------------------------- */
+
+/*
+ * The kernel's own CMA heap (drivers/dma-buf/heaps/cma_heap.c): the same CMA
+ * area through code that shares nothing with the driver. A step ending in
+ * backend=heap (or every step after a leading "--backend heap") allocates
+ * with DMA_HEAP_IOCTL_ALLOC on /dev/dma_heap/<name>, maps through the
+ * returned dma-buf fd and brackets CPU access with DMA_BUF_IOCTL_SYNC.
+ * Freeing is munmap() + close() of the dma-buf fd. The heap hands out
+ * zeroed memory: "verify" checks zeros, not the driver's pattern.
+ */
+#if __has_include(<linux/dma-heap.h>) && __has_include(<linux/dma-buf.h>)
+#include <linux/dma-buf.h>
+#include <linux/dma-heap.h>
+#else
+/* Stable uapi, copied from include/uapi/linux/dma-heap.h and dma-buf.h (Linux 5.6+). */
+struct dma_heap_allocation_data {
+	uint64_t len;
+	uint32_t fd;
+	uint32_t fd_flags;
+	uint64_t heap_flags;
+};
+#define DMA_HEAP_IOCTL_ALLOC _IOWR('H', 0x0, struct dma_heap_allocation_data)
+struct dma_buf_sync {
+	uint64_t flags;
+};
+#define DMA_BUF_SYNC_READ (1 << 0)
+#define DMA_BUF_SYNC_WRITE (2 << 0)
+#define DMA_BUF_SYNC_RW (DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)
+#define DMA_BUF_SYNC_START (0 << 2)
+#define DMA_BUF_SYNC_END (1 << 2)
+#define DMA_BUF_IOCTL_SYNC _IOW('b', 0, struct dma_buf_sync)
+#endif
+#include <dirent.h>
+#include <sys/resource.h>
+
+#define HEAP_DIR "/dev/dma_heap"
+#define BENCH_MAX 100000
+
+enum backend { BACKEND_DRIVER = 0, BACKEND_HEAP = 1 };
+
+struct hblk {
+	char name[CMA_MEM_NAME_LEN + 1];
+	int fd;			/* the dma-buf */
+	uint64_t len;
+	uint8_t *addr;		/* its mapping, NULL if not mapped */
+};
+
+static struct {
+	int default_backend;	/* for steps without backend= ("--backend heap") */
+	int fd;			/* /dev/dma_heap/<name>, -1 until first use */
+	char name[256];		/* the heap in use */
+	char all[256];		/* every heap in /dev/dma_heap, comma separated */
+	int why;		/* errno of the last failed discovery */
+	struct hblk *blk;
+	size_t nblk, capblk;
+	bool nofile_raised;
+} H = { .fd = -1 };
+
+/*
+ * Pick the CMA heap: "reserved" (the default CMA area from cma= or
+ * CONFIG_CMA_SIZE_*), then "linux,cma" (a reserved-memory node), then any
+ * heap not named "system". 0, or ENOENT (no /dev/dma_heap: the kernel has
+ * no CONFIG_DMABUF_HEAPS) or ENODEV (heaps, but no CMA heap).
+ */
+static int heap_discover(struct rec *r)
+{
+	static const char *prefer[] = { "reserved", "linux,cma" };
+	char other[256] = "";
+	struct dirent *de;
+	size_t i, n = 0;
+	DIR *d;
+
+	H.all[0] = 0;
+	d = opendir(HEAP_DIR);
+	if (!d) {
+		H.why = errno == ENOENT ? ENOENT : errno;
+		rec_msg(r, false, "no " HEAP_DIR " (CONFIG_DMABUF_HEAPS_CMA not set?)");
+		return H.why;
+	}
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		n += (size_t)snprintf(H.all + n, n < sizeof(H.all) ? sizeof(H.all) - n : 0, "%s%s",
+				      n ? "," : "", de->d_name);
+		if (n >= sizeof(H.all))
+			n = sizeof(H.all) - 1;
+		if (!other[0] && strncmp(de->d_name, "system", 6))
+			snprintf(other, sizeof(other), "%s", de->d_name);
+	}
+	closedir(d);
+	H.name[0] = 0;
+	for (i = 0; i < sizeof(prefer) / sizeof(prefer[0]) && !H.name[0]; i++) {
+		char path[300];
+
+		snprintf(path, sizeof(path), HEAP_DIR "/%s", prefer[i]);
+		if (!access(path, F_OK))
+			snprintf(H.name, sizeof(H.name), "%s", prefer[i]);
+	}
+	if (!H.name[0] && other[0])
+		snprintf(H.name, sizeof(H.name), "%s", other);
+	if (!H.name[0]) {
+		H.why = ENODEV;
+		rec_msg(r, false, "no CMA heap in " HEAP_DIR " (heaps: %s)", H.all[0] ? H.all : "none");
+		return ENODEV;
+	}
+	return 0;
+}
+
+static int need_heap(struct rec *r)
+{
+	char path[300];
+	int e;
+
+	if (H.fd >= 0)
+		return 0;
+	e = heap_discover(r);
+	if (e)
+		return e;
+	snprintf(path, sizeof(path), HEAP_DIR "/%s", H.name);
+	H.fd = open(path, O_RDWR | O_CLOEXEC);
+	if (H.fd < 0) {
+		e = errno;
+		rec_msg(r, false, "open %s: %s", path, strerror(e));
+		return e;
+	}
+	/* One fd per buffer: exhausting 128 MiB in 4 KiB buffers needs 32768. */
+	if (!H.nofile_raised) {
+		struct rlimit rl = { 1 << 20, 1 << 20 };
+
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0 && !getrlimit(RLIMIT_NOFILE, &rl)) {
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
+		H.nofile_raised = true;
+	}
+	return 0;
+}
+
+static struct hblk *find_hblk(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < H.nblk; i++)
+		if (!strncmp(H.blk[i].name, name, CMA_MEM_NAME_LEN))
+			return &H.blk[i];
+	return NULL;
+}
+
+static void add_hblk(const struct hblk *b)
+{
+	if (H.nblk == H.capblk) {
+		size_t cap = H.capblk ? 2 * H.capblk : 16;
+		struct hblk *p = realloc(H.blk, cap * sizeof(*p));
+
+		if (!p) {
+			perror("realloc");
+			exit(1);
+		}
+		H.blk = p;
+		H.capblk = cap;
+	}
+	H.blk[H.nblk++] = *b;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* One dma-buf of len bytes from the heap: its fd, or -errno. */
+static int heap_alloc_fd(uint64_t len)
+{
+	struct dma_heap_allocation_data data;
+
+	memset(&data, 0, sizeof(data));
+	data.len = len;
+	data.fd_flags = O_RDWR | O_CLOEXEC;
+	if (ioctl(H.fd, DMA_HEAP_IOCTL_ALLOC, &data) < 0)
+		return -errno;
+	return (int)data.fd;
+}
+
+static int heap_sync(int fd, uint64_t flags)
+{
+	struct dma_buf_sync sync = { .flags = flags };
+
+	while (ioctl(fd, DMA_BUF_IOCTL_SYNC, &sync) < 0) {
+		if (errno != EINTR && errno != EAGAIN)
+			return errno;
+	}
+	return 0;
+}
+
+/*
+ * A buffer of either backend, for the measuring steps (exhaust, bench,
+ * largest, fragtest): the driver's block (allocated and mapped by
+ * CMEM_ALLOCATE) or a heap dma-buf fd (not mapped).
+ */
+struct xbuf {
+	int backend;
+	int fd;
+	uint64_t len;
+	struct cma_mem_block b;
+};
+
+static int x_alloc(int backend, uint64_t len, struct xbuf *x)
+{
+	static unsigned int seq;
+
+	memset(x, 0, sizeof(*x));
+	x->backend = backend;
+	x->len = len;
+	x->fd = -1;
+	if (backend == BACKEND_HEAP) {
+		int fd = heap_alloc_fd(len);
+
+		if (fd < 0)
+			return -fd;
+		x->fd = fd;
+		return 0;
+	}
+	snprintf(x->b.name, sizeof(x->b.name), "x.%u", ++seq);
+	x->b.len = len;
+	x->b.is_use_buffer = CMA_MEM_COHERENT;
+	if (ioctl(S.fd, CMEM_ALLOCATE, &x->b) < 0)
+		return errno;
+	if (!x->b.id || !x->b.mem_base)
+		return EPROTO;	/* "success" without a block */
+	return 0;
+}
+
+static int x_free(struct xbuf *x)
+{
+	if (x->backend == BACKEND_HEAP)
+		return close(x->fd) < 0 ? errno : 0;
+	return ioctl(S.fd, CMEM_UNMAP, &x->b) < 0 ? errno : 0;
+}
+
+/* The device or the heap must be open before a measuring step starts. */
+static int x_open(int backend, struct rec *r)
+{
+	rec_add(r, "backend=%s", backend == BACKEND_HEAP ? "heap" : "driver");
+	if (backend == BACKEND_HEAP) {
+		int e = need_heap(r);
+
+		if (!e)
+			rec_add(r, "heap=%s", H.name);
+		return e;
+	}
+	return need_fd(r);
+}
+
+/* alloc NAME SIZE TYPE backend=heap: TYPE is ignored (heap mappings are cached). */
+static int heap_do_alloc(const struct step *st, struct rec *r)
+{
+	struct hblk b;
+	uint64_t size;
+	void *p;
+	int e, fd;
+
+	parse_u64(st->args[1], &size, true);
+	rec_add(r, "name=%s", st->args[0]);
+	rec_add(r, "backend=heap");
+	e = need_heap(r);
+	if (e)
+		return e;
+	rec_add(r, "heap=%s", H.name);
+	if (find_hblk(st->args[0]) || find_blk(st->args[0])) {
+		rec_msg(r, false, "a block named %s exists in this process", st->args[0]);
+		return EEXIST;
+	}
+	fd = heap_alloc_fd(size);
+	if (fd < 0)
+		return -fd;
+	memset(&b, 0, sizeof(b));
+	snprintf(b.name, sizeof(b.name), "%s", st->args[0]);
+	b.fd = fd;
+	b.len = (size + (uint64_t)S.pagesize - 1) & ~((uint64_t)S.pagesize - 1);
+	p = mmap(NULL, (size_t)b.len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		e = errno;
+		close(fd);
+		rec_msg(r, true, "mmap of the dma-buf: %s", strerror(e));
+		return e;
+	}
+	b.addr = p;
+	rec_add(r, "fd=%d", fd);
+	rec_add(r, "len=%" PRIu64, b.len);
+	rec_add(r, "user=0x%" PRIxPTR, (uintptr_t)p);
+	add_hblk(&b);
+	return 0;
+}
+
+static int heap_do_free(const struct step *st, struct rec *r)
+{
+	struct hblk *b;
+	int e = 0;
+
+	rec_add(r, "name=%s", st->args[0]);
+	rec_add(r, "backend=heap");
+	b = find_hblk(st->args[0]);
+	if (!b)
+		return ENOENT;
+	if (b->addr && munmap(b->addr, (size_t)b->len) < 0)
+		e = errno;
+	if (close(b->fd) < 0 && !e)
+		e = errno;
+	*b = H.blk[--H.nblk];
+	return e;
+}
+
+static __attribute__((noinline)) bool scan_zero(const uint8_t *p, uint64_t len, struct mismatch *m)
+{
+	uint64_t off;
+
+	for (off = 0; off < len; off++) {
+		if (p[off]) {
+			m->at = off;
+			m->want = 0;
+			m->got = p[off];
+			return false;
+		}
+	}
+	return true;
+}
+
+/* The access itself, guarded like the driver's (SIGSEGV/SIGBUS become EFAULT). */
+static int heap_guarded(enum mem_op op, const struct hblk *b, uint32_t seed, struct rec *r)
+{
+	struct mismatch m;
+	bool good = true;
+	int sig;
+
+	sig = sigsetjmp(fault_jb, 1);
+	if (sig) {
+		rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)b->addr));
+		rec_msg(r, false, "%s while accessing the mapping", sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
+		return EFAULT;
+	}
+	fault_armed = 1;
+	if (op == MEM_VERIFY) {
+		good = scan_zero(b->addr, b->len, &m);
+	} else {
+		if (op == MEM_WRITE)
+			fill_seeded(b->addr, b->len, seed);
+		good = scan_seeded(b->addr, b->len, seed, &m);
+	}
+	fault_armed = 0;
+	if (!good) {
+		rec_add(r, "at=%" PRIu64, m.at);
+		rec_add(r, "want=0x%02x", m.want);
+		rec_add(r, "got=0x%02x", m.got);
+		rec_msg(r, true, op == MEM_VERIFY ? "heap buffer not zeroed" : "pattern mismatch");
+	}
+	return 0;
+}
+
+/* verify (zeros) / write / check on a heap buffer, inside DMA_BUF_IOCTL_SYNC START..END. */
+static int heap_do_mem(const struct step *st, struct rec *r, enum mem_op op)
+{
+	uint64_t flags = op == MEM_WRITE ? DMA_BUF_SYNC_RW : DMA_BUF_SYNC_READ;
+	struct hblk *b;
+	uint32_t seed = 0;
+	int e, e2;
+
+	rec_add(r, "name=%s", st->args[0]);
+	if (op != MEM_VERIFY) {
+		parse_u32(st->args[1], &seed);
+		rec_add(r, "seed=%" PRIu32, seed);
+	}
+	rec_add(r, "backend=heap");
+	b = find_hblk(st->args[0]);
+	if (!b) {
+		rec_msg(r, false, "no heap buffer %s in this process", st->args[0]);
+		return ENOENT;
+	}
+	rec_add(r, "bytes=%" PRIu64, b->len);
+	e = heap_sync(b->fd, DMA_BUF_SYNC_START | flags);
+	if (e) {
+		rec_msg(r, true, "DMA_BUF_IOCTL_SYNC start: %s", strerror(e));
+		return e;
+	}
+	e = heap_guarded(op, b, seed, r);
+	e2 = heap_sync(b->fd, DMA_BUF_SYNC_END | flags);
+	if (e2)
+		rec_msg(r, true, "DMA_BUF_IOCTL_SYNC end: %s", strerror(e2));
+	return e ? e : e2;
+}
+
+/* heapinfo: which heaps the kernel has, and the one the heap backend uses. */
+static int heap_do_info(struct rec *r)
+{
+	int e = need_heap(r);
+
+	rec_add(r, "heaps=%s", H.all[0] ? H.all : "-");
+	if (e)
+		return e;
+	rec_add(r, "heap=%s", H.name);
+	return 0;
+}
+
+/* exhaust CHUNK[,CHUNK...] backend=heap: as the driver's exhaust, through the heap. */
+static int heap_do_exhaust(const struct step *st, struct rec *r)
+{
+	struct xbuf *got = NULL;
+	uint64_t chunk, total = 0;
+	size_t count = 0, cap = 0, i;
+	int e, stop = 0, free_err = 0;
+	char list[128], *save = NULL, *tok;
+
+	snprintf(list, sizeof(list), "%s", st->args[0]);
+	rec_add(r, "chunk=%s", st->args[0]);
+	e = x_open(BACKEND_HEAP, r);
+	if (e)
+		return e;
+	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		parse_u64(tok, &chunk, true);
+		stop = 0;
+		while (count < EXHAUST_MAX) {
+			struct xbuf x;
+
+			stop = x_alloc(BACKEND_HEAP, chunk, &x);
+			if (stop)
+				break;
+			if (count == cap) {
+				struct xbuf *p;
+
+				cap = cap ? 2 * cap : 64;
+				p = realloc(got, cap * sizeof(*p));
+				if (!p) {
+					stop = ENOMEM;
+					rec_msg(r, true, "out of memory in cma_test");
+					x_free(&x);
+					break;
+				}
+				got = p;
+			}
+			got[count++] = x;
+			total += chunk;
+		}
+		if (stop != ENOMEM)
+			break;
+	}
+	for (i = 0; i < count; i++)
+		if (x_free(&got[i]) && !free_err)
+			free_err = errno;
+	free(got);
+	rec_add(r, "total=%" PRIu64, total);
+	rec_add(r, "count=%zu", count);
+	if (free_err) {
+		rec_msg(r, true, "closing a dma-buf failed: %s", errname(free_err));
+		return free_err;
+	}
+	if (stop == ENOMEM)
+		return 0;
+	if (!stop)
+		rec_msg(r, true, "still allocating after %d buffers", EXHAUST_MAX);
+	else
+		rec_msg(r, false, "allocation stopped with %s, not ENOMEM", errname(stop));
+	return stop;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t median(uint64_t *v, size_t n)
+{
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_u64);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/*
+ * bench SIZE COUNT: COUNT times allocate one SIZE buffer, map it (heap:
+ * mmap of the dma-buf; the driver's CMEM_ALLOCATE maps by itself), touch
+ * its first and last page, free it. Medians in ns of each phase, timed
+ * with CLOCK_MONOTONIC around each call. alloc: the allocating ioctl;
+ * map: mmap (heap only); free: CMEM_UNMAP (driver) or munmap + close (heap).
+ */
+static int do_bench(const struct step *st, int backend, struct rec *r)
+{
+	uint64_t size, count, i, *ta, *tm, *tf;
+	int e = 0;
+
+	parse_u64(st->args[0], &size, true);
+	parse_u64(st->args[1], &count, false);
+	rec_add(r, "size=%" PRIu64, size);
+	e = x_open(backend, r);
+	if (e)
+		return e;
+	ta = calloc(count, sizeof(*ta));
+	tm = calloc(count, sizeof(*tm));
+	tf = calloc(count, sizeof(*tf));
+	if (!ta || !tm || !tf) {
+		free(ta);
+		free(tm);
+		free(tf);
+		rec_msg(r, true, "out of memory in cma_test");
+		return ENOMEM;
+	}
+	for (i = 0; i < count; i++) {
+		struct xbuf x;
+		uint64_t t0, t1, t2, t3;
+		volatile uint8_t *p;
+		void *map = NULL;
+		uint64_t len = (size + (uint64_t)S.pagesize - 1) & ~((uint64_t)S.pagesize - 1);
+
+		t0 = now_ns();
+		e = x_alloc(backend, size, &x);
+		t1 = now_ns();
+		if (e)
+			break;
+		if (backend == BACKEND_HEAP) {
+			map = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, x.fd, 0);
+			if (map == MAP_FAILED) {
+				e = errno;
+				x_free(&x);
+				rec_msg(r, true, "mmap of the dma-buf: %s", strerror(e));
+				break;
+			}
+		} else {
+			map = (void *)(uintptr_t)x.b.mem_base;
+		}
+		t2 = now_ns();
+		p = map;
+		p[0] = 1;
+		p[len - 1] = 1;
+		t3 = now_ns();
+		if (backend == BACKEND_HEAP)
+			munmap(map, (size_t)len);
+		e = x_free(&x);
+		tf[i] = now_ns() - t3;
+		ta[i] = t1 - t0;
+		tm[i] = t2 - t1;
+		if (e) {
+			rec_msg(r, true, "free failed: %s", errname(e));
+			break;
+		}
+	}
+	rec_add(r, "count=%" PRIu64, i);
+	rec_add(r, "alloc_ns=%" PRIu64, median(ta, (size_t)i));
+	rec_add(r, "map_ns=%" PRIu64, median(tm, (size_t)i));
+	rec_add(r, "free_ns=%" PRIu64, median(tf, (size_t)i));
+	free(ta);
+	free(tm);
+	free(tf);
+	return e;
+}
+
+/*
+ * largest GRANULE: the largest single allocation that succeeds now, to
+ * GRANULE: doubles until one fails, then bisects. Nothing stays allocated.
+ */
+static int do_largest(const struct step *st, int backend, struct rec *r)
+{
+	uint64_t g, lo = 0, hi, n;
+	int probes = 0, e;
+
+	parse_u64(st->args[0], &g, true);
+	e = x_open(backend, r);
+	if (e)
+		return e;
+	/* lo: known to fit (in granules); hi: known not to fit. */
+	for (n = 1;; n *= 2) {
+		struct xbuf x;
+
+		probes++;
+		e = x_alloc(backend, n * g, &x);
+		if (e) {
+			hi = n;
+			break;
+		}
+		x_free(&x);
+		lo = n;
+		if (n > (1ull << 40) / g) {
+			rec_msg(r, true, "still allocating at %" PRIu64 " bytes", n * g);
+			return 0;
+		}
+	}
+	if (e != ENOMEM) {
+		rec_msg(r, false, "allocation failed with %s, not ENOMEM", errname(e));
+		return e;
+	}
+	while (hi - lo > 1) {
+		struct xbuf x;
+		uint64_t mid = lo + (hi - lo) / 2;
+
+		probes++;
+		e = x_alloc(backend, mid * g, &x);
+		if (e == ENOMEM) {
+			hi = mid;
+		} else if (e) {
+			rec_msg(r, false, "allocation failed with %s, not ENOMEM", errname(e));
+			return e;
+		} else {
+			x_free(&x);
+			lo = mid;
+		}
+	}
+	rec_add(r, "largest=%" PRIu64, lo * g);
+	rec_add(r, "probes=%d", probes);
+	return 0;
+}
+
+/*
+ * fragtest CHUNK: fill the area with CHUNK buffers until ENOMEM, free every
+ * other one (half the area is free again, in CHUNK-sized holes), then try
+ * one buffer of 2*CHUNK (large=) and one of CHUNK (small=); free all.
+ */
+static int do_fragtest(const struct step *st, int backend, struct rec *r)
+{
+	struct xbuf *got = NULL, big, small;
+	size_t count = 0, cap = 0, i;
+	uint64_t chunk;
+	int e, large_e, small_e;
+
+	parse_u64(st->args[0], &chunk, true);
+	rec_add(r, "chunk=%" PRIu64, chunk);
+	e = x_open(backend, r);
+	if (e)
+		return e;
+	for (;;) {
+		struct xbuf x;
+
+		if (count >= EXHAUST_MAX) {
+			e = 0;
+			break;
+		}
+		e = x_alloc(backend, chunk, &x);
+		if (e)
+			break;
+		if (count == cap) {
+			struct xbuf *p;
+
+			cap = cap ? 2 * cap : 64;
+			p = realloc(got, cap * sizeof(*p));
+			if (!p) {
+				x_free(&x);
+				e = -1;
+				break;
+			}
+			got = p;
+		}
+		got[count++] = x;
+	}
+	if (e != ENOMEM) {
+		for (i = 0; i < count; i++)
+			x_free(&got[i]);
+		free(got);
+		rec_msg(r, true, "filling stopped with %s, not ENOMEM", e < 0 ? "cma_test out of memory" : errname(e));
+		return e > 0 ? e : 0;
+	}
+	for (i = 0; i < count; i += 2)
+		x_free(&got[i]);
+	large_e = x_alloc(backend, 2 * chunk, &big);
+	small_e = x_alloc(backend, chunk, &small);
+	if (!large_e)
+		x_free(&big);
+	if (!small_e)
+		x_free(&small);
+	for (i = 1; i < count; i += 2)
+		x_free(&got[i]);
+	free(got);
+	rec_add(r, "count=%zu", count);
+	rec_add(r, "freed=%zu", (count + 1) / 2);
+	rec_add(r, "large=%s", errname(large_e));
+	rec_add(r, "small=%s", errname(small_e));
+	return 0;
+}
+
 /* ---- parsing and running ---------------------------------------------- */
 
 static const struct {
@@ -895,7 +1575,23 @@ static const struct {
 	{ "check", 2 }, { "info", 1 }, { "total", 0 }, { "exhaust", 1 },
 	{ "raw", 4 }, { "mmap", 2 }, { "fork", 0 }, { "sleep", 1 },
 	{ "close", 0 }, { "exit", 0 },
+	/* the heap backend's section: measuring steps for either backend */
+	{ "heapinfo", 0 }, { "bench", 2 }, { "largest", 1 }, { "fragtest", 1 },
 };
+
+/* Steps the heap backend has (the others are the driver's own ioctls). */
+static bool heap_has(const char *op)
+{
+	static const char *const both[] = { "alloc", "free", "verify", "write", "check",
+					    "exhaust", "bench", "largest", "fragtest",
+					    "heapinfo", "fork", "sleep", "exit" };
+	size_t i;
+
+	for (i = 0; i < sizeof(both) / sizeof(both[0]); i++)
+		if (!strcmp(both[i], op))
+			return true;
+	return false;
+}
 
 static bool is_name_ok(const char *s)
 {
@@ -961,7 +1657,17 @@ static const char *check_args(const struct step *st)
 	} else if (!strcmp(op, "sleep")) {
 		if (!parse_u64(st->args[0], &v, false))
 			BAD("sleep: bad milliseconds '%s'", st->args[0]);
+	} else if (!strcmp(op, "bench")) {
+		if (!parse_u64(st->args[0], &v, true) || !v)
+			BAD("bench: bad size '%s'", st->args[0]);
+		if (!parse_u64(st->args[1], &v, false) || !v || v > BENCH_MAX)
+			BAD("bench: bad count '%s' (1..%d)", st->args[1], BENCH_MAX);
+	} else if (!strcmp(op, "largest") || !strcmp(op, "fragtest")) {
+		if (!parse_u64(st->args[0], &v, true) || !v)
+			BAD("%s: bad size '%s'", op, st->args[0]);
 	}
+	if (st->backend == BACKEND_HEAP && !heap_has(op))
+		BAD("%s: not a heap step (the heap backend has alloc, free, verify, write, check, exhaust, bench, largest, fragtest, heapinfo)", op);
 	if (st->ptr && strcmp(op, "raw"))
 		BAD("%s: ptr= is for raw only", op);
 #undef BAD
@@ -988,6 +1694,7 @@ static int parse_steps(char **w, int nw, struct step *steps, FILE *out)
 		}
 		st->op = ops[k].op;
 		st->nargs = ops[k].nargs;
+		st->backend = H.default_backend;
 		if (i + 1 + st->nargs > nw) {
 			print_usage_record(out, "%s needs %d argument(s)", st->op, st->nargs);
 			return -1;
@@ -1008,6 +1715,10 @@ static int parse_steps(char **w, int nw, struct step *steps, FILE *out)
 				st->ptr = 1;
 			} else if (!strcmp(w[i], "ptr=ro")) {
 				st->ptr = 2;
+			} else if (!strcmp(w[i], "backend=heap")) {
+				st->backend = BACKEND_HEAP;
+			} else if (!strcmp(w[i], "backend=driver")) {
+				st->backend = BACKEND_DRIVER;
 			} else {
 				break;
 			}
@@ -1081,7 +1792,27 @@ static void run_steps(struct step *steps, int n)
 		int err = 0;
 
 		memset(&r, 0, sizeof(r));
-		if (!strcmp(st->op, "alloc"))
+		if (st->backend == BACKEND_HEAP && !strcmp(st->op, "alloc"))
+			err = heap_do_alloc(st, &r);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "free"))
+			err = heap_do_free(st, &r);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "verify"))
+			err = heap_do_mem(st, &r, MEM_VERIFY);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "write"))
+			err = heap_do_mem(st, &r, MEM_WRITE);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "check"))
+			err = heap_do_mem(st, &r, MEM_CHECK);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "exhaust"))
+			err = heap_do_exhaust(st, &r);
+		else if (!strcmp(st->op, "heapinfo"))
+			err = heap_do_info(&r);
+		else if (!strcmp(st->op, "bench"))
+			err = do_bench(st, st->backend, &r);
+		else if (!strcmp(st->op, "largest"))
+			err = do_largest(st, st->backend, &r);
+		else if (!strcmp(st->op, "fragtest"))
+			err = do_fragtest(st, st->backend, &r);
+		else if (!strcmp(st->op, "alloc"))
 			err = do_alloc(st, &r);
 		else if (!strcmp(st->op, "free"))
 			err = do_free(st, &r);
@@ -1126,6 +1857,18 @@ static int run_words(char **w, int nw)
 	if (!steps) {
 		print_usage_record(S.out, "out of memory");
 		return 1;
+	}
+	/* A leading "--backend heap|driver": the default for this line's steps. */
+	H.default_backend = BACKEND_DRIVER;
+	if (nw >= 2 && !strcmp(w[0], "--backend")) {
+		if (strcmp(w[1], "heap") && strcmp(w[1], "driver")) {
+			print_usage_record(S.out, "--backend must be heap or driver, not '%s'", w[1]);
+			free(steps);
+			return 2;
+		}
+		H.default_backend = !strcmp(w[1], "heap") ? BACKEND_HEAP : BACKEND_DRIVER;
+		w += 2;
+		nw -= 2;
 	}
 	n = parse_steps(w, nw, steps, S.out);
 	if (n < 0) {

@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kmod", help="driver source folder to build and test (default: the project's kmod/)")
     p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="how commands reach the guest")
+    p.add_argument(
+        "--backend",
+        choices=["driver", "heap"],
+        help="allocate through the driver or the kernel's CMA heap (/dev/dma_heap) in steps that name none",
+    )
     p.add_argument("--out", help="run directory (default ./runs/<timestamp>)")
     p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
@@ -74,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     from harness.frontends.cli_reports import add_parsers
 
     add_parsers(sub)  # report, compare
+    from harness.frontends.heap_compare import add_parser
+
+    add_parser(sub)  # heap-compare
 
     from harness.frontends.fuzz import add_parser as add_fuzz
 
@@ -163,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.scenario.loader import resolve_scenarios
 
     targets = resolve_targets(args.target)  # every file is validated before anything runs
-    scenarios = resolve_scenarios(args.scenario or ["smoke"])
+    scenarios = resolve_scenarios(args.scenario or ["smoke"], args.backend)
     kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
     if not (kmod / "Kbuild").exists() and not (kmod / "Makefile").exists():
         raise ConfigError(f"--kmod {kmod}: not a kernel module source folder (no Makefile or Kbuild)")
@@ -257,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             from harness.frontends.fuzz import cmd_fuzz
 
             return cmd_fuzz(args)
+        if args.command == "heap-compare":
+            from harness.frontends.heap_compare import cmd_heap_compare
+
+            return cmd_heap_compare(args)
         if args.command in ("report", "compare"):
             from harness.frontends.cli_reports import cmd_compare, cmd_report
 

@@ -97,6 +97,11 @@ def reservation(result: dict[str, Any], placed: list[Block]) -> tuple[int, int, 
     return 0, 128 * MIB, False
 
 
+def step_notes(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Findings that are not failures (the heap witness's figures, or why it was unavailable), per step."""
+    return [(step_ref(s), n) for s in result.get("steps", []) for n in s.get("notes", [])]
+
+
 def failing_steps(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in result.get("steps", []) if s.get("status") != "pass"]
 
@@ -269,6 +274,9 @@ def render_markdown(result: dict[str, Any], run_dir: Path | None = None) -> str:
         lines += ["", f"## Failures ({len(failing)})", ""]
         for step in failing:
             lines += _md_step_detail(step)
+    notes = step_notes(result)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {ref}: {note}" for ref, note in notes]
     groups = group_events(result.get("kernel_events", []))
     if groups:
         lines += ["", f"## Kernel events ({len(groups)} signatures)", ""]
@@ -673,6 +681,10 @@ def render_html(result: dict[str, Any], run_dir: Path | None = None) -> str:
         parts.append(f"<section><h2>Error</h2><pre>{escape(str(result['error']))}</pre></section>")
     if result.get("problems"):
         parts.append(f"<section><h2>Run problems</h2>{_html_problems(list(result['problems']))}</section>")
+    notes = step_notes(result)
+    if notes:
+        items = "".join(f"<li>{escape(ref)}: {escape(note)}</li>" for ref, note in notes)
+        parts.append(f'<section id="notes"><h2>Notes</h2><ul>{items}</ul></section>')
     parts += [_html_failures(result), _html_events(result), _html_block_map(result), _html_scenarios(result)]
     parts.append(f'<section id="timings"><h2>Stage timings</h2>{svg_timings(result)}</section>')
     if result.get("console_tail"):

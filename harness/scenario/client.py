@@ -31,6 +31,8 @@ class RunState:
     capacity_baseline: int | None = None
     capacity_check: int | None = None
     cma_used_baseline: int | None = None  # CMA debugfs pages in use, where the kernel has it
+    heap_baseline: int | None = None  # the same measure through the kernel's CMA heap (the witness)
+    heap_check: int | None = None
     allocated: list[Block] = field(default_factory=list)  # every allocation, freed or not (for the report)
 
 
@@ -122,6 +124,8 @@ class DriverClient:
             return
         if record.get("errno", "0") != "0" or record.get("proc") == "child":
             return  # an expected failure changes nothing
+        if record.get("backend") == "heap":
+            return  # a dma-buf from the kernel's CMA heap: no driver block, no dump_mem record
         name = record.get("name")
         if record.op == "alloc":
             block = Block(

@@ -10,6 +10,9 @@ from typing import Any
 from harness.oracles.dmesg import DumpMemRecord
 
 MAIN = "main"
+# The two allocators a step can go through: the driver under test, or the kernel's own CMA heap.
+DRIVER = "driver"
+HEAP = "heap"
 
 
 class StepStatus(StrEnum):
@@ -134,6 +137,8 @@ class StepResult:
     commands: list[CommandRecord] = field(default_factory=list)
     subtests: list[dict[str, Any]] = field(default_factory=list)
     scenario: str = ""  # set once the step belongs to a run's result
+    # What the step found that is not a failure: a witness's figures, or why a witness was unavailable.
+    notes: list[str] = field(default_factory=list)
 
     def fail(self, problem: str) -> None:
         self.status = StepStatus.FAIL
@@ -157,6 +162,8 @@ class StepResult:
         }
         if self.scenario:
             out["scenario"] = self.scenario
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
     @classmethod
@@ -171,6 +178,7 @@ class StepResult:
             commands=[CommandRecord.from_json(c) for c in data.get("commands", [])],
             subtests=list(data.get("subtests", [])),
             scenario=data.get("scenario", ""),
+            notes=list(data.get("notes", [])),
         )
 
 
