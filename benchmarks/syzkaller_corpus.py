@@ -54,7 +54,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.guest.console import split_kernel_lines
-
 from harness.oracles.faults import KernelEvent, find_faults
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "syzkaller-report-corpus"

@@ -50,3 +50,27 @@ class MissingHostTools(InfraError):
 
 class GuestError(InfraError):
     """The guest stopped answering, died or did not boot; carries the console tail in detail."""
+
+
+class GuestDied(GuestError):
+    """QEMU exited with no kernel report on the console: the emulator died, not the driver's doing."""
+
+
+class Cancelled(HarnessError):
+    """The run was stopped by a signal (SIGINT from a person, SIGTERM from a CI system cancelling a job).
+
+    Exit status 128 + the signal number, as shells report a process killed by it (130, 143).
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        import signal
+
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(message or f"cancelled by {self.signal_name}")
+        self.exit_code = 128 + signum
+
+
+class GuestSetupError(InfraError):
+    """A guest-side helper of the harness could not start (a kernel lacking a feature, a missing
+    tool in the guest): the environment, not the driver."""

@@ -137,24 +137,33 @@ def probe(total: int, used: int | None = None, leaks: str = "", status: int = 0)
     return Reply("if grep -q '^cma_mem ' /proc/modules", status, out)
 
 
+# The heap witness's reply on a kernel without /dev/dma_heap (tests/test_heap.py covers the heap).
+NO_HEAP = Reply(
+    "cma_test heapinfo",
+    1,
+    "@cma step=1 op=heapinfo status=fail errno=ENOENT heaps=- msg=no /dev/dma_heap\n",
+)
+
+
 def test_capacity_leak_debugfs_pages_and_kmemleak_fail(tmp_path: Path) -> None:
     steps = "  - capacity: baseline\n  - capacity: check\n"
     total = 128 << 20
-    ok = run(tmp_path, steps, [probe(total, 0), probe(total - CAPACITY_GRANULE + 1, 0)])
+    ok = run(tmp_path, steps, [probe(total, 0), NO_HEAP, probe(total - CAPACITY_GRANULE + 1, 0), NO_HEAP])
     assert [r.status for r in ok] == [StepStatus.PASS, StepStatus.PASS]
-    leak = run(tmp_path, steps, [probe(total, 0), probe(total - CAPACITY_GRANULE, 3)])[1]
+    assert ok[0].notes == ["heap witness unavailable: CONFIG_DMABUF_HEAPS_CMA not set (no /dev/dma_heap)"]
+    leak = run(tmp_path, steps, [probe(total, 0), NO_HEAP, probe(total - CAPACITY_GRANULE, 3), NO_HEAP])[1]
     assert leak.problems[0].startswith(f"CMA capacity leak: {CAPACITY_GRANULE} bytes")
     assert leak.problems[1].startswith("CMA debugfs: 3 pages still in use")
     fixture = ROOT / "tests" / "fixtures" / "kmemleak-after-rmmod"
     kmemleak = (fixture / "kmemleak.txt").read_text()
-    runner, _ = runner_for([probe(total), probe(total, leaks=kmemleak)])
+    runner, _ = runner_for([probe(total), NO_HEAP, probe(total, leaks=kmemleak), NO_HEAP])
     runner.client.note_module_load((fixture / "insmod-stdout.txt").read_text())
     runner.client.module_symbols = module_functions(fixture / "cma_mem.ko")
     leaked = runner.run(scenario_of(tmp_path, steps))[1]
     assert leaked.problems[0] == "kernel kmemleak: memory leak in cma_mem_ioctl"
     assert runner.extra_events and runner.extra_events[0].kind == "kmemleak"
     assert leaked.problems and leaked.problems[0].startswith("kernel kmemleak: memory leak in")
-    insmod_failed = run(tmp_path, "  - capacity: check\n", [probe(0, status=99)])[0]
+    insmod_failed = run(tmp_path, "  - capacity: check\n", [probe(0, status=99), NO_HEAP])[0]
     assert insmod_failed.problems[0].startswith("capacity probe: insmod failed")
 
 

@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -28,10 +30,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,7 +54,7 @@ _Static_assert(offsetof(struct cma_mem_info, available) == 16, "available");
 _Static_assert(offsetof(struct cma_mem_info, blocks) == 24, "blocks");
 _Static_assert(offsetof(struct cma_mem_info, reserved) == 28, "reserved");
 
-#define SOCK_DIR "/run/cma_test"
+#define RUN_DIR "/run/cma_test"
 #define MAX_LINE (64 * 1024)
 #define MAX_WORDS 4096
 #define EXHAUST_MAX 1000000
@@ -208,6 +208,7 @@ struct step {
 	int want;		/* expected errno */
 	bool has_want;
 	int ptr;		/* raw: 0 normal, 1 ptr=bad, 2 ptr=ro */
+	int backend;		/* 0 driver, 1 heap (backend=heap): see the heap backend */
 };
 
 static struct {
@@ -221,7 +222,25 @@ static struct {
 	bool exit_now;			/* "exit" ran */
 	bool ktap;			/* --ktap: KTAP output */
 	long pagesize;
-} S = { .fd = -1 };
+	int req_fd;			/* server: its request FIFO, -1 elsewhere */
+	const char *req_path;		/* server: that FIFO's path, and its identity */
+	struct stat req_st;
+} S = { .fd = -1, .req_fd = -1 };
+
+/*
+ * Remove the server's request FIFO if it is still ours (a new server of the same name
+ * may have replaced a dead one's). Done before the reply to "exit" is closed, so that
+ * when "ctl PROC exit" returns the name is already free: no window for a caller to race.
+ */
+static void drop_request_fifo(void)
+{
+	struct stat now;
+
+	if (S.req_path && stat(S.req_path, &now) == 0 &&
+	    now.st_ino == S.req_st.st_ino && now.st_dev == S.req_st.st_dev)
+		unlink(S.req_path);
+	S.req_path = NULL;
+}
 
 static struct cma_mem_block *find_blk(const char *name)
 {
@@ -867,6 +886,685 @@ static int do_close(struct rec *r)
 	return e;
 }
 
+/* ---- heap backend ----------------------------------------------------- */
+
+/*
+ * The kernel's own CMA heap (drivers/dma-buf/heaps/cma_heap.c): the same CMA
+ * area through code that shares nothing with the driver. A step ending in
+ * backend=heap (or every step after a leading "--backend heap") allocates
+ * with DMA_HEAP_IOCTL_ALLOC on /dev/dma_heap/<name>, maps through the
+ * returned dma-buf fd and brackets CPU access with DMA_BUF_IOCTL_SYNC.
+ * Freeing is munmap() + close() of the dma-buf fd. The heap hands out
+ * zeroed memory: "verify" checks zeros, not the driver's pattern.
+ */
+#if __has_include(<linux/dma-heap.h>) && __has_include(<linux/dma-buf.h>)
+#include <linux/dma-buf.h>
+#include <linux/dma-heap.h>
+#else
+/* Stable uapi, copied from include/uapi/linux/dma-heap.h and dma-buf.h (Linux 5.6+). */
+struct dma_heap_allocation_data {
+	uint64_t len;
+	uint32_t fd;
+	uint32_t fd_flags;
+	uint64_t heap_flags;
+};
+#define DMA_HEAP_IOCTL_ALLOC _IOWR('H', 0x0, struct dma_heap_allocation_data)
+struct dma_buf_sync {
+	uint64_t flags;
+};
+#define DMA_BUF_SYNC_READ (1 << 0)
+#define DMA_BUF_SYNC_WRITE (2 << 0)
+#define DMA_BUF_SYNC_RW (DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE)
+#define DMA_BUF_SYNC_START (0 << 2)
+#define DMA_BUF_SYNC_END (1 << 2)
+#define DMA_BUF_IOCTL_SYNC _IOW('b', 0, struct dma_buf_sync)
+#endif
+#include <dirent.h>
+#include <sys/resource.h>
+
+#define HEAP_DIR "/dev/dma_heap"
+#define BENCH_MAX 100000
+
+enum backend { BACKEND_DRIVER = 0, BACKEND_HEAP = 1 };
+
+struct hblk {
+	char name[CMA_MEM_NAME_LEN + 1];
+	int fd;			/* the dma-buf */
+	uint64_t len;
+	uint8_t *addr;		/* its mapping, NULL if not mapped */
+};
+
+static struct {
+	int default_backend;	/* for steps without backend= ("--backend heap") */
+	int fd;			/* /dev/dma_heap/<name>, -1 until first use */
+	char name[256];		/* the heap in use */
+	char all[256];		/* every heap in /dev/dma_heap, comma separated */
+	int why;		/* errno of the last failed discovery */
+	struct hblk *blk;
+	size_t nblk, capblk;
+	bool nofile_raised;
+} H = { .fd = -1 };
+
+/*
+ * Pick the CMA heap: "reserved" (the default CMA area from cma= or
+ * CONFIG_CMA_SIZE_*), then "linux,cma" (a reserved-memory node), then any
+ * heap not named "system". 0, or ENOENT (no /dev/dma_heap: the kernel has
+ * no CONFIG_DMABUF_HEAPS) or ENODEV (heaps, but no CMA heap).
+ */
+static int heap_discover(struct rec *r)
+{
+	static const char *prefer[] = { "reserved", "linux,cma" };
+	char other[256] = "";
+	struct dirent *de;
+	size_t i, n = 0;
+	DIR *d;
+
+	H.all[0] = 0;
+	d = opendir(HEAP_DIR);
+	if (!d) {
+		H.why = errno == ENOENT ? ENOENT : errno;
+		rec_msg(r, false, "no " HEAP_DIR " (CONFIG_DMABUF_HEAPS_CMA not set?)");
+		return H.why;
+	}
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		n += (size_t)snprintf(H.all + n, n < sizeof(H.all) ? sizeof(H.all) - n : 0, "%s%s",
+				      n ? "," : "", de->d_name);
+		if (n >= sizeof(H.all))
+			n = sizeof(H.all) - 1;
+		if (!other[0] && strncmp(de->d_name, "system", 6))
+			snprintf(other, sizeof(other), "%s", de->d_name);
+	}
+	closedir(d);
+	H.name[0] = 0;
+	for (i = 0; i < sizeof(prefer) / sizeof(prefer[0]) && !H.name[0]; i++) {
+		char path[300];
+
+		snprintf(path, sizeof(path), HEAP_DIR "/%s", prefer[i]);
+		if (!access(path, F_OK))
+			snprintf(H.name, sizeof(H.name), "%s", prefer[i]);
+	}
+	if (!H.name[0] && other[0])
+		snprintf(H.name, sizeof(H.name), "%s", other);
+	if (!H.name[0]) {
+		H.why = ENODEV;
+		rec_msg(r, false, "no CMA heap in " HEAP_DIR " (heaps: %s)", H.all[0] ? H.all : "none");
+		return ENODEV;
+	}
+	return 0;
+}
+
+static int need_heap(struct rec *r)
+{
+	char path[300];
+	int e;
+
+	if (H.fd >= 0)
+		return 0;
+	e = heap_discover(r);
+	if (e)
+		return e;
+	snprintf(path, sizeof(path), HEAP_DIR "/%s", H.name);
+	H.fd = open(path, O_RDWR | O_CLOEXEC);
+	if (H.fd < 0) {
+		e = errno;
+		rec_msg(r, false, "open %s: %s", path, strerror(e));
+		return e;
+	}
+	/* One fd per buffer: exhausting 128 MiB in 4 KiB buffers needs 32768. */
+	if (!H.nofile_raised) {
+		struct rlimit rl = { 1 << 20, 1 << 20 };
+
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0 && !getrlimit(RLIMIT_NOFILE, &rl)) {
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
+		H.nofile_raised = true;
+	}
+	return 0;
+}
+
+static struct hblk *find_hblk(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < H.nblk; i++)
+		if (!strncmp(H.blk[i].name, name, CMA_MEM_NAME_LEN))
+			return &H.blk[i];
+	return NULL;
+}
+
+static void add_hblk(const struct hblk *b)
+{
+	if (H.nblk == H.capblk) {
+		size_t cap = H.capblk ? 2 * H.capblk : 16;
+		struct hblk *p = realloc(H.blk, cap * sizeof(*p));
+
+		if (!p) {
+			perror("realloc");
+			exit(1);
+		}
+		H.blk = p;
+		H.capblk = cap;
+	}
+	H.blk[H.nblk++] = *b;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* One dma-buf of len bytes from the heap: its fd, or -errno. */
+static int heap_alloc_fd(uint64_t len)
+{
+	struct dma_heap_allocation_data data;
+
+	memset(&data, 0, sizeof(data));
+	data.len = len;
+	data.fd_flags = O_RDWR | O_CLOEXEC;
+	if (ioctl(H.fd, DMA_HEAP_IOCTL_ALLOC, &data) < 0)
+		return -errno;
+	return (int)data.fd;
+}
+
+static int heap_sync(int fd, uint64_t flags)
+{
+	struct dma_buf_sync sync = { .flags = flags };
+
+	while (ioctl(fd, DMA_BUF_IOCTL_SYNC, &sync) < 0) {
+		if (errno != EINTR && errno != EAGAIN)
+			return errno;
+	}
+	return 0;
+}
+
+/*
+ * A buffer of either backend, for the measuring steps (exhaust, bench,
+ * largest, fragtest): the driver's block (allocated and mapped by
+ * CMEM_ALLOCATE) or a heap dma-buf fd (not mapped).
+ */
+struct xbuf {
+	int backend;
+	int fd;
+	uint64_t len;
+	struct cma_mem_block b;
+};
+
+static int x_alloc(int backend, uint64_t len, struct xbuf *x)
+{
+	static unsigned int seq;
+
+	memset(x, 0, sizeof(*x));
+	x->backend = backend;
+	x->len = len;
+	x->fd = -1;
+	if (backend == BACKEND_HEAP) {
+		int fd = heap_alloc_fd(len);
+
+		if (fd < 0)
+			return -fd;
+		x->fd = fd;
+		return 0;
+	}
+	snprintf(x->b.name, sizeof(x->b.name), "x.%u", ++seq);
+	x->b.len = len;
+	x->b.is_use_buffer = CMA_MEM_COHERENT;
+	if (ioctl(S.fd, CMEM_ALLOCATE, &x->b) < 0)
+		return errno;
+	if (!x->b.id || !x->b.mem_base)
+		return EPROTO;	/* "success" without a block */
+	return 0;
+}
+
+static int x_free(struct xbuf *x)
+{
+	if (x->backend == BACKEND_HEAP)
+		return close(x->fd) < 0 ? errno : 0;
+	return ioctl(S.fd, CMEM_UNMAP, &x->b) < 0 ? errno : 0;
+}
+
+/* The device or the heap must be open before a measuring step starts. */
+static int x_open(int backend, struct rec *r)
+{
+	rec_add(r, "backend=%s", backend == BACKEND_HEAP ? "heap" : "driver");
+	if (backend == BACKEND_HEAP) {
+		int e = need_heap(r);
+
+		if (!e)
+			rec_add(r, "heap=%s", H.name);
+		return e;
+	}
+	return need_fd(r);
+}
+
+/* alloc NAME SIZE TYPE backend=heap: TYPE is ignored (heap mappings are cached). */
+static int heap_do_alloc(const struct step *st, struct rec *r)
+{
+	struct hblk b;
+	uint64_t size;
+	void *p;
+	int e, fd;
+
+	parse_u64(st->args[1], &size, true);
+	rec_add(r, "name=%s", st->args[0]);
+	rec_add(r, "backend=heap");
+	e = need_heap(r);
+	if (e)
+		return e;
+	rec_add(r, "heap=%s", H.name);
+	if (find_hblk(st->args[0]) || find_blk(st->args[0])) {
+		rec_msg(r, false, "a block named %s exists in this process", st->args[0]);
+		return EEXIST;
+	}
+	fd = heap_alloc_fd(size);
+	if (fd < 0)
+		return -fd;
+	memset(&b, 0, sizeof(b));
+	snprintf(b.name, sizeof(b.name), "%s", st->args[0]);
+	b.fd = fd;
+	b.len = (size + (uint64_t)S.pagesize - 1) & ~((uint64_t)S.pagesize - 1);
+	p = mmap(NULL, (size_t)b.len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		e = errno;
+		close(fd);
+		rec_msg(r, true, "mmap of the dma-buf: %s", strerror(e));
+		return e;
+	}
+	b.addr = p;
+	rec_add(r, "fd=%d", fd);
+	rec_add(r, "len=%" PRIu64, b.len);
+	rec_add(r, "user=0x%" PRIxPTR, (uintptr_t)p);
+	add_hblk(&b);
+	return 0;
+}
+
+static int heap_do_free(const struct step *st, struct rec *r)
+{
+	struct hblk *b;
+	int e = 0;
+
+	rec_add(r, "name=%s", st->args[0]);
+	rec_add(r, "backend=heap");
+	b = find_hblk(st->args[0]);
+	if (!b)
+		return ENOENT;
+	if (b->addr && munmap(b->addr, (size_t)b->len) < 0)
+		e = errno;
+	if (close(b->fd) < 0 && !e)
+		e = errno;
+	*b = H.blk[--H.nblk];
+	return e;
+}
+
+static __attribute__((noinline)) bool scan_zero(const uint8_t *p, uint64_t len, struct mismatch *m)
+{
+	uint64_t off;
+
+	for (off = 0; off < len; off++) {
+		if (p[off]) {
+			m->at = off;
+			m->want = 0;
+			m->got = p[off];
+			return false;
+		}
+	}
+	return true;
+}
+
+/* The access itself, guarded like the driver's (SIGSEGV/SIGBUS become EFAULT). */
+static int heap_guarded(enum mem_op op, const struct hblk *b, uint32_t seed, struct rec *r)
+{
+	struct mismatch m;
+	bool good = true;
+	int sig;
+
+	sig = sigsetjmp(fault_jb, 1);
+	if (sig) {
+		rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)b->addr));
+		rec_msg(r, false, "%s while accessing the mapping", sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
+		return EFAULT;
+	}
+	fault_armed = 1;
+	if (op == MEM_VERIFY) {
+		good = scan_zero(b->addr, b->len, &m);
+	} else {
+		if (op == MEM_WRITE)
+			fill_seeded(b->addr, b->len, seed);
+		good = scan_seeded(b->addr, b->len, seed, &m);
+	}
+	fault_armed = 0;
+	if (!good) {
+		rec_add(r, "at=%" PRIu64, m.at);
+		rec_add(r, "want=0x%02x", m.want);
+		rec_add(r, "got=0x%02x", m.got);
+		rec_msg(r, true, op == MEM_VERIFY ? "heap buffer not zeroed" : "pattern mismatch");
+	}
+	return 0;
+}
+
+/* verify (zeros) / write / check on a heap buffer, inside DMA_BUF_IOCTL_SYNC START..END. */
+static int heap_do_mem(const struct step *st, struct rec *r, enum mem_op op)
+{
+	uint64_t flags = op == MEM_WRITE ? DMA_BUF_SYNC_RW : DMA_BUF_SYNC_READ;
+	struct hblk *b;
+	uint32_t seed = 0;
+	int e, e2;
+
+	rec_add(r, "name=%s", st->args[0]);
+	if (op != MEM_VERIFY) {
+		parse_u32(st->args[1], &seed);
+		rec_add(r, "seed=%" PRIu32, seed);
+	}
+	rec_add(r, "backend=heap");
+	b = find_hblk(st->args[0]);
+	if (!b) {
+		rec_msg(r, false, "no heap buffer %s in this process", st->args[0]);
+		return ENOENT;
+	}
+	rec_add(r, "bytes=%" PRIu64, b->len);
+	e = heap_sync(b->fd, DMA_BUF_SYNC_START | flags);
+	if (e) {
+		rec_msg(r, true, "DMA_BUF_IOCTL_SYNC start: %s", strerror(e));
+		return e;
+	}
+	e = heap_guarded(op, b, seed, r);
+	e2 = heap_sync(b->fd, DMA_BUF_SYNC_END | flags);
+	if (e2)
+		rec_msg(r, true, "DMA_BUF_IOCTL_SYNC end: %s", strerror(e2));
+	return e ? e : e2;
+}
+
+/* heapinfo: which heaps the kernel has, and the one the heap backend uses. */
+static int heap_do_info(struct rec *r)
+{
+	int e = need_heap(r);
+
+	rec_add(r, "heaps=%s", H.all[0] ? H.all : "-");
+	if (e)
+		return e;
+	rec_add(r, "heap=%s", H.name);
+	return 0;
+}
+
+/* exhaust CHUNK[,CHUNK...] backend=heap: as the driver's exhaust, through the heap. */
+static int heap_do_exhaust(const struct step *st, struct rec *r)
+{
+	struct xbuf *got = NULL;
+	uint64_t chunk, total = 0;
+	size_t count = 0, cap = 0, i;
+	int e, stop = 0, free_err = 0;
+	char list[128], *save = NULL, *tok;
+
+	snprintf(list, sizeof(list), "%s", st->args[0]);
+	rec_add(r, "chunk=%s", st->args[0]);
+	e = x_open(BACKEND_HEAP, r);
+	if (e)
+		return e;
+	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		parse_u64(tok, &chunk, true);
+		stop = 0;
+		while (count < EXHAUST_MAX) {
+			struct xbuf x;
+
+			stop = x_alloc(BACKEND_HEAP, chunk, &x);
+			if (stop)
+				break;
+			if (count == cap) {
+				struct xbuf *p;
+
+				cap = cap ? 2 * cap : 64;
+				p = realloc(got, cap * sizeof(*p));
+				if (!p) {
+					stop = ENOMEM;
+					rec_msg(r, true, "out of memory in cma_test");
+					x_free(&x);
+					break;
+				}
+				got = p;
+			}
+			got[count++] = x;
+			total += chunk;
+		}
+		if (stop != ENOMEM)
+			break;
+	}
+	for (i = 0; i < count; i++)
+		if (x_free(&got[i]) && !free_err)
+			free_err = errno;
+	free(got);
+	rec_add(r, "total=%" PRIu64, total);
+	rec_add(r, "count=%zu", count);
+	if (free_err) {
+		rec_msg(r, true, "closing a dma-buf failed: %s", errname(free_err));
+		return free_err;
+	}
+	if (stop == ENOMEM)
+		return 0;
+	if (!stop)
+		rec_msg(r, true, "still allocating after %d buffers", EXHAUST_MAX);
+	else
+		rec_msg(r, false, "allocation stopped with %s, not ENOMEM", errname(stop));
+	return stop;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t median(uint64_t *v, size_t n)
+{
+	if (!n)
+		return 0;
+	qsort(v, n, sizeof(*v), cmp_u64);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/*
+ * bench SIZE COUNT: COUNT times allocate one SIZE buffer, map it (heap:
+ * mmap of the dma-buf; the driver's CMEM_ALLOCATE maps by itself), touch
+ * its first and last page, free it. Medians in ns of each phase, timed
+ * with CLOCK_MONOTONIC around each call. alloc: the allocating ioctl;
+ * map: mmap (heap only); free: CMEM_UNMAP (driver) or munmap + close (heap).
+ */
+static int do_bench(const struct step *st, int backend, struct rec *r)
+{
+	uint64_t size, count, i, *ta, *tm, *tf;
+	int e = 0;
+
+	parse_u64(st->args[0], &size, true);
+	parse_u64(st->args[1], &count, false);
+	rec_add(r, "size=%" PRIu64, size);
+	e = x_open(backend, r);
+	if (e)
+		return e;
+	ta = calloc(count, sizeof(*ta));
+	tm = calloc(count, sizeof(*tm));
+	tf = calloc(count, sizeof(*tf));
+	if (!ta || !tm || !tf) {
+		free(ta);
+		free(tm);
+		free(tf);
+		rec_msg(r, true, "out of memory in cma_test");
+		return ENOMEM;
+	}
+	for (i = 0; i < count; i++) {
+		struct xbuf x;
+		uint64_t t0, t1, t2, t3;
+		volatile uint8_t *p;
+		void *map = NULL;
+		uint64_t len = (size + (uint64_t)S.pagesize - 1) & ~((uint64_t)S.pagesize - 1);
+
+		t0 = now_ns();
+		e = x_alloc(backend, size, &x);
+		t1 = now_ns();
+		if (e)
+			break;
+		if (backend == BACKEND_HEAP) {
+			map = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, x.fd, 0);
+			if (map == MAP_FAILED) {
+				e = errno;
+				x_free(&x);
+				rec_msg(r, true, "mmap of the dma-buf: %s", strerror(e));
+				break;
+			}
+		} else {
+			map = (void *)(uintptr_t)x.b.mem_base;
+		}
+		t2 = now_ns();
+		p = map;
+		p[0] = 1;
+		p[len - 1] = 1;
+		t3 = now_ns();
+		if (backend == BACKEND_HEAP)
+			munmap(map, (size_t)len);
+		e = x_free(&x);
+		tf[i] = now_ns() - t3;
+		ta[i] = t1 - t0;
+		tm[i] = t2 - t1;
+		if (e) {
+			rec_msg(r, true, "free failed: %s", errname(e));
+			break;
+		}
+	}
+	rec_add(r, "count=%" PRIu64, i);
+	rec_add(r, "alloc_ns=%" PRIu64, median(ta, (size_t)i));
+	rec_add(r, "map_ns=%" PRIu64, median(tm, (size_t)i));
+	rec_add(r, "free_ns=%" PRIu64, median(tf, (size_t)i));
+	free(ta);
+	free(tm);
+	free(tf);
+	return e;
+}
+
+/*
+ * largest GRANULE: the largest single allocation that succeeds now, to
+ * GRANULE: doubles until one fails, then bisects. Nothing stays allocated.
+ */
+static int do_largest(const struct step *st, int backend, struct rec *r)
+{
+	uint64_t g, lo = 0, hi, n;
+	int probes = 0, e;
+
+	parse_u64(st->args[0], &g, true);
+	e = x_open(backend, r);
+	if (e)
+		return e;
+	/* lo: known to fit (in granules); hi: known not to fit. */
+	for (n = 1;; n *= 2) {
+		struct xbuf x;
+
+		probes++;
+		e = x_alloc(backend, n * g, &x);
+		if (e) {
+			hi = n;
+			break;
+		}
+		x_free(&x);
+		lo = n;
+		if (n > (1ull << 40) / g) {
+			rec_msg(r, true, "still allocating at %" PRIu64 " bytes", n * g);
+			return 0;
+		}
+	}
+	if (e != ENOMEM) {
+		rec_msg(r, false, "allocation failed with %s, not ENOMEM", errname(e));
+		return e;
+	}
+	while (hi - lo > 1) {
+		struct xbuf x;
+		uint64_t mid = lo + (hi - lo) / 2;
+
+		probes++;
+		e = x_alloc(backend, mid * g, &x);
+		if (e == ENOMEM) {
+			hi = mid;
+		} else if (e) {
+			rec_msg(r, false, "allocation failed with %s, not ENOMEM", errname(e));
+			return e;
+		} else {
+			x_free(&x);
+			lo = mid;
+		}
+	}
+	rec_add(r, "largest=%" PRIu64, lo * g);
+	rec_add(r, "probes=%d", probes);
+	return 0;
+}
+
+/*
+ * fragtest CHUNK: fill the area with CHUNK buffers until ENOMEM, free every
+ * other one (half the area is free again, in CHUNK-sized holes), then try
+ * one buffer of 2*CHUNK (large=) and one of CHUNK (small=); free all.
+ */
+static int do_fragtest(const struct step *st, int backend, struct rec *r)
+{
+	struct xbuf *got = NULL, big, small;
+	size_t count = 0, cap = 0, i;
+	uint64_t chunk;
+	int e, large_e, small_e;
+
+	parse_u64(st->args[0], &chunk, true);
+	rec_add(r, "chunk=%" PRIu64, chunk);
+	e = x_open(backend, r);
+	if (e)
+		return e;
+	for (;;) {
+		struct xbuf x;
+
+		if (count >= EXHAUST_MAX) {
+			e = 0;
+			break;
+		}
+		e = x_alloc(backend, chunk, &x);
+		if (e)
+			break;
+		if (count == cap) {
+			struct xbuf *p;
+
+			cap = cap ? 2 * cap : 64;
+			p = realloc(got, cap * sizeof(*p));
+			if (!p) {
+				x_free(&x);
+				e = -1;
+				break;
+			}
+			got = p;
+		}
+		got[count++] = x;
+	}
+	if (e != ENOMEM) {
+		for (i = 0; i < count; i++)
+			x_free(&got[i]);
+		free(got);
+		rec_msg(r, true, "filling stopped with %s, not ENOMEM", e < 0 ? "cma_test out of memory" : errname(e));
+		return e > 0 ? e : 0;
+	}
+	for (i = 0; i < count; i += 2)
+		x_free(&got[i]);
+	large_e = x_alloc(backend, 2 * chunk, &big);
+	small_e = x_alloc(backend, chunk, &small);
+	if (!large_e)
+		x_free(&big);
+	if (!small_e)
+		x_free(&small);
+	for (i = 1; i < count; i += 2)
+		x_free(&got[i]);
+	free(got);
+	rec_add(r, "count=%zu", count);
+	rec_add(r, "freed=%zu", (count + 1) / 2);
+	rec_add(r, "large=%s", errname(large_e));
+	rec_add(r, "small=%s", errname(small_e));
+	return 0;
+}
+
 /* ---- parsing and running ---------------------------------------------- */
 
 static const struct {
@@ -877,7 +1575,23 @@ static const struct {
 	{ "check", 2 }, { "info", 1 }, { "total", 0 }, { "exhaust", 1 },
 	{ "raw", 4 }, { "mmap", 2 }, { "fork", 0 }, { "sleep", 1 },
 	{ "close", 0 }, { "exit", 0 },
+	/* the heap backend's section: measuring steps for either backend */
+	{ "heapinfo", 0 }, { "bench", 2 }, { "largest", 1 }, { "fragtest", 1 },
 };
+
+/* Steps the heap backend has (the others are the driver's own ioctls). */
+static bool heap_has(const char *op)
+{
+	static const char *const both[] = { "alloc", "free", "verify", "write", "check",
+					    "exhaust", "bench", "largest", "fragtest",
+					    "heapinfo", "fork", "sleep", "exit" };
+	size_t i;
+
+	for (i = 0; i < sizeof(both) / sizeof(both[0]); i++)
+		if (!strcmp(both[i], op))
+			return true;
+	return false;
+}
 
 static bool is_name_ok(const char *s)
 {
@@ -943,7 +1657,17 @@ static const char *check_args(const struct step *st)
 	} else if (!strcmp(op, "sleep")) {
 		if (!parse_u64(st->args[0], &v, false))
 			BAD("sleep: bad milliseconds '%s'", st->args[0]);
+	} else if (!strcmp(op, "bench")) {
+		if (!parse_u64(st->args[0], &v, true) || !v)
+			BAD("bench: bad size '%s'", st->args[0]);
+		if (!parse_u64(st->args[1], &v, false) || !v || v > BENCH_MAX)
+			BAD("bench: bad count '%s' (1..%d)", st->args[1], BENCH_MAX);
+	} else if (!strcmp(op, "largest") || !strcmp(op, "fragtest")) {
+		if (!parse_u64(st->args[0], &v, true) || !v)
+			BAD("%s: bad size '%s'", op, st->args[0]);
 	}
+	if (st->backend == BACKEND_HEAP && !heap_has(op))
+		BAD("%s: not a heap step (the heap backend has alloc, free, verify, write, check, exhaust, bench, largest, fragtest, heapinfo)", op);
 	if (st->ptr && strcmp(op, "raw"))
 		BAD("%s: ptr= is for raw only", op);
 #undef BAD
@@ -970,6 +1694,7 @@ static int parse_steps(char **w, int nw, struct step *steps, FILE *out)
 		}
 		st->op = ops[k].op;
 		st->nargs = ops[k].nargs;
+		st->backend = H.default_backend;
 		if (i + 1 + st->nargs > nw) {
 			print_usage_record(out, "%s needs %d argument(s)", st->op, st->nargs);
 			return -1;
@@ -990,6 +1715,10 @@ static int parse_steps(char **w, int nw, struct step *steps, FILE *out)
 				st->ptr = 1;
 			} else if (!strcmp(w[i], "ptr=ro")) {
 				st->ptr = 2;
+			} else if (!strcmp(w[i], "backend=heap")) {
+				st->backend = BACKEND_HEAP;
+			} else if (!strcmp(w[i], "backend=driver")) {
+				st->backend = BACKEND_DRIVER;
 			} else {
 				break;
 			}
@@ -1024,6 +1753,11 @@ static int do_fork(struct step *rest, int nrest, struct rec *r)
 	if (pid == 0) {
 		S.child = true;
 		S.failed = false;
+		/* Only the server itself may keep its request FIFO alive. */
+		if (S.req_fd >= 0) {
+			close(S.req_fd);
+			S.req_fd = -1;
+		}
 		run_steps(rest, nrest);
 		fflush(S.out);
 		_exit(S.failed ? 1 : 0);
@@ -1058,7 +1792,27 @@ static void run_steps(struct step *steps, int n)
 		int err = 0;
 
 		memset(&r, 0, sizeof(r));
-		if (!strcmp(st->op, "alloc"))
+		if (st->backend == BACKEND_HEAP && !strcmp(st->op, "alloc"))
+			err = heap_do_alloc(st, &r);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "free"))
+			err = heap_do_free(st, &r);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "verify"))
+			err = heap_do_mem(st, &r, MEM_VERIFY);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "write"))
+			err = heap_do_mem(st, &r, MEM_WRITE);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "check"))
+			err = heap_do_mem(st, &r, MEM_CHECK);
+		else if (st->backend == BACKEND_HEAP && !strcmp(st->op, "exhaust"))
+			err = heap_do_exhaust(st, &r);
+		else if (!strcmp(st->op, "heapinfo"))
+			err = heap_do_info(&r);
+		else if (!strcmp(st->op, "bench"))
+			err = do_bench(st, st->backend, &r);
+		else if (!strcmp(st->op, "largest"))
+			err = do_largest(st, st->backend, &r);
+		else if (!strcmp(st->op, "fragtest"))
+			err = do_fragtest(st, st->backend, &r);
+		else if (!strcmp(st->op, "alloc"))
 			err = do_alloc(st, &r);
 		else if (!strcmp(st->op, "free"))
 			err = do_free(st, &r);
@@ -1104,6 +1858,18 @@ static int run_words(char **w, int nw)
 		print_usage_record(S.out, "out of memory");
 		return 1;
 	}
+	/* A leading "--backend heap|driver": the default for this line's steps. */
+	H.default_backend = BACKEND_DRIVER;
+	if (nw >= 2 && !strcmp(w[0], "--backend")) {
+		if (strcmp(w[1], "heap") && strcmp(w[1], "driver")) {
+			print_usage_record(S.out, "--backend must be heap or driver, not '%s'", w[1]);
+			free(steps);
+			return 2;
+		}
+		H.default_backend = !strcmp(w[1], "heap") ? BACKEND_HEAP : BACKEND_DRIVER;
+		w += 2;
+		nw -= 2;
+	}
 	n = parse_steps(w, nw, steps, S.out);
 	if (n < 0) {
 		free(steps);
@@ -1120,6 +1886,33 @@ static int run_words(char **w, int nw)
 
 /* ---- server ----------------------------------------------------------- */
 
+/*
+ * Servers talk over FIFOs in RUN_DIR, which need only a RAM file system
+ * (no CONFIG_NET, no CONFIG_UNIX, no file locks). For server PROC:
+ *
+ *   PROC.in         request FIFO. The server keeps it open for reading (and
+ *                   writing, so it never sees end-of-file) for its whole life.
+ *                   A client writes one line "CLIENTPID\n" per request: shorter
+ *                   than PIPE_BUF, so lines of concurrent clients never mix.
+ *   PROC.CPID.req   the request: the steps as one line, a regular file the
+ *                   client writes completely before it sends CLIENTPID.
+ *   PROC.CPID.out   the reply FIFO, opened for reading by the client before
+ *                   it sends CLIENTPID; the server writes the records into it
+ *                   and closes it when the request is done.
+ *
+ * Liveness comes from the FIFO itself: opening PROC.in for writing with
+ * O_NONBLOCK fails with ENXIO when no process has it open for reading, i.e.
+ * the server exited or was killed (even if it is an unreaped zombie), and a
+ * client's open write end of PROC.in polls POLLERR the moment its last
+ * reader goes away. The server takes requests one at a time, in order; it
+ * opens a reply FIFO with O_NONBLOCK, so a client that died before its turn
+ * (no reader) is skipped instead of hanging the server, and one that dies
+ * mid-request only makes the server's writes fail with EPIPE.
+ */
+
+#define REQ_FIFO_FMT RUN_DIR "/%s.in"
+#define CLIENT_FMT RUN_DIR "/%s.%d.%s"
+
 static bool proc_name_ok(const char *s)
 {
 	size_t n = strlen(s), i;
@@ -1132,14 +1925,7 @@ static bool proc_name_ok(const char *s)
 	return s[0] != '.';
 }
 
-static void sock_path(const char *proc, struct sockaddr_un *sa)
-{
-	memset(sa, 0, sizeof(*sa));
-	sa->sun_family = AF_UNIX;
-	snprintf(sa->sun_path, sizeof(sa->sun_path), SOCK_DIR "/%s.sock", proc);
-}
-
-static void write_all(int fd, const char *buf, size_t len)
+static int write_all(int fd, const char *buf, size_t len)
 {
 	while (len) {
 		ssize_t k = write(fd, buf, len);
@@ -1147,11 +1933,12 @@ static void write_all(int fd, const char *buf, size_t len)
 		if (k < 0) {
 			if (errno == EINTR)
 				continue;
-			return;
+			return -1;
 		}
 		buf += k;
 		len -= (size_t)k;
 	}
+	return 0;
 }
 
 /* Tells the waiting "serve" parent how the start went, then closes the pipe. */
@@ -1164,14 +1951,20 @@ static void report_start(int fd, int err, const char *msg)
 	close(fd);
 }
 
-/* Reads one line (without the newline) from a client; NULL on error/timeout. */
-static char *read_line(int fd)
+/* The whole request file as one line (without its newline); NULL if unreadable. */
+static char *read_request(const char *path)
 {
 	char *buf = malloc(MAX_LINE + 1);
 	size_t n = 0;
+	int fd;
 
 	if (!buf)
 		return NULL;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		free(buf);
+		return NULL;
+	}
 	while (n < MAX_LINE) {
 		ssize_t k = read(fd, buf + n, MAX_LINE - n);
 
@@ -1180,16 +1973,11 @@ static char *read_line(int fd)
 		if (k <= 0)
 			break;
 		n += (size_t)k;
-		if (memchr(buf + n - (size_t)k, '\n', (size_t)k))
-			break;
 	}
+	close(fd);
 	buf[n] = 0;
 	if (strchr(buf, '\n'))
 		*strchr(buf, '\n') = 0;
-	else if (n == 0) {
-		free(buf);
-		return NULL;
-	}
 	return buf;
 }
 
@@ -1204,52 +1992,137 @@ static int split_words(char *line, char **w, int max)
 	return n;
 }
 
-static void serve_loop(int lsock, const char *path)
+/* One request from client cpid: open its reply FIFO, run its steps, close. */
+static void serve_request(const char *proc, int cpid)
 {
 	static char *w[MAX_WORDS];
+	char req[PATH_MAX], reply[PATH_MAX];
+	char *line;
+	FILE *out;
+	int ofd;
 
-	for (;;) {
-		struct timeval tv = { .tv_sec = 30 };
-		char *line;
-		FILE *out;
-		int c, nw;
-
-		c = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0) {
-			if (errno == EINTR || errno == ECONNABORTED)
-				continue;
-			break;
-		}
-		/* A client that never sends must not hang the server. */
-		setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		line = read_line(c);
-		out = fdopen(c, "w");
-		if (!out) {
-			close(c);
-			free(line);
-			continue;
-		}
-		S.out = out;
-		if (!line) {
-			print_usage_record(out, "no request line");
-		} else {
-			nw = split_words(line, w, MAX_WORDS);
-			run_words(w, nw);
-		}
-		free(line);
-		fclose(out);
-		S.out = NULL;
-		if (S.exit_now)
-			break;
+	snprintf(req, sizeof(req), CLIENT_FMT, proc, cpid, "req");
+	snprintf(reply, sizeof(reply), CLIENT_FMT, proc, cpid, "out");
+	/* No reader: the client is gone (killed while queued). Never block on it. */
+	ofd = open(reply, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+	if (ofd < 0) {
+		unlink(req);
+		unlink(reply);
+		return;
 	}
-	unlink(path);
-	close(lsock);
+	/* Blocking from now on: a slow reader must not lose records to EAGAIN. */
+	fcntl(ofd, F_SETFL, fcntl(ofd, F_GETFL) & ~O_NONBLOCK);
+	line = read_request(req);
+	unlink(req);
+	unlink(reply);
+	out = fdopen(ofd, "w");
+	if (!out) {
+		close(ofd);
+		free(line);
+		return;
+	}
+	S.out = out;
+	if (!line)
+		print_usage_record(out, "no request file %s", req);
+	else
+		run_words(w, split_words(line, w, MAX_WORDS));
+	free(line);
+	if (S.exit_now)
+		drop_request_fifo();
+	fclose(out);
+	S.out = NULL;
+}
+
+static void serve_loop(const char *proc, const char *path)
+{
+	static char buf[4096];
+	size_t n = 0;
+	struct stat mine;
+
+	fstat(S.req_fd, &mine);
+	S.req_path = path;
+	S.req_st = mine;
+	while (!S.exit_now) {
+		ssize_t k = read(S.req_fd, buf + n, sizeof(buf) - 1 - n);
+		char *nl, *end;
+		long cpid;
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+		while (!S.exit_now && (nl = memchr(buf, '\n', n))) {
+			*nl = 0;
+			errno = 0;
+			cpid = strtol(buf, &end, 10);
+			if (!errno && end != buf && !*end && cpid > 0 && cpid < INT32_MAX)
+				serve_request(proc, (int)cpid);
+			n -= (size_t)(nl + 1 - buf);
+			memmove(buf, nl + 1, n);
+		}
+		if (n == sizeof(buf) - 1)
+			n = 0;	/* garbage without a newline: drop it */
+	}
+	drop_request_fifo();
+	close(S.req_fd);
 	exit(0);
+}
+
+/*
+ * Become server PROC: create its request FIFO under a private name, open it,
+ * then link() it to PROC.in, which fails if that name exists. An existing
+ * PROC.in with a reader is a live server (EADDRINUSE); without one it is left
+ * over from a server that died, and is replaced.
+ */
+static int claim_name(const char *proc, const char *path, const char **what)
+{
+	char tmp[PATH_MAX];
+	int fd, probe, tries, e;
+
+	snprintf(tmp, sizeof(tmp), RUN_DIR "/.%s.in.%d", proc, (int)getpid());
+	unlink(tmp);
+	*what = "cannot create the request FIFO";
+	if (mkfifo(tmp, 0600) < 0)
+		return -errno;
+	fd = open(tmp, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		e = errno;
+		unlink(tmp);
+		return -e;
+	}
+	for (tries = 0; tries < 5; tries++) {
+		if (link(tmp, path) == 0) {
+			unlink(tmp);
+			return fd;
+		}
+		if (errno != EEXIST)
+			break;
+		probe = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+		if (probe >= 0) {
+			struct stat st;
+			bool fifo = fstat(probe, &st) == 0 && S_ISFIFO(st.st_mode);
+
+			close(probe);
+			if (fifo) {
+				*what = "a server of that name is running";
+				errno = EADDRINUSE;
+				break;
+			}
+		} else if (errno != ENXIO && errno != ENOENT) {
+			break;
+		}
+		unlink(path);	/* left over from a dead server (or not a FIFO) */
+	}
+	e = errno;
+	close(fd);
+	unlink(tmp);
+	return -e;
 }
 
 static int cmd_serve(const char *proc)
 {
-	struct sockaddr_un sa;
+	char path[PATH_MAX];
 	int pfd[2], status;
 	char buf[400];
 	size_t n = 0;
@@ -1259,13 +2132,13 @@ static int cmd_serve(const char *proc)
 		print_usage_record(stdout, "bad server name '%s'", proc);
 		return 2;
 	}
-	sock_path(proc, &sa);
+	snprintf(path, sizeof(path), REQ_FIFO_FMT, proc);
 	if ((mkdir("/run", 0755) < 0 && errno != EEXIST) ||
-	    (mkdir(SOCK_DIR, 0700) < 0 && errno != EEXIST)) {
+	    (mkdir(RUN_DIR, 0700) < 0 && errno != EEXIST)) {
 		int e = errno;
 
 		printf("@cma op=serve status=fail errno=%s name=%s msg=mkdir %s: %s\n",
-		       errname(e), proc, SOCK_DIR, strerror(e));
+		       errname(e), proc, RUN_DIR, strerror(e));
 		return 1;
 	}
 	if (pipe2(pfd, O_CLOEXEC) < 0) {
@@ -1280,7 +2153,8 @@ static int cmd_serve(const char *proc)
 	}
 	if (pid == 0) {
 		/* First child: new session, fork the server, go. */
-		int lsock, e, devnull;
+		const char *what;
+		int devnull;
 
 		close(pfd[0]);
 		setsid();
@@ -1297,23 +2171,9 @@ static int cmd_serve(const char *proc)
 			/* not fatal: the server uses absolute paths only */
 		}
 		signal(SIGPIPE, SIG_IGN);
-		lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (lsock < 0) {
-			report_start(pfd[1], errno, "socket failed");
-			_exit(1);
-		}
-		/* A live server of that name answers: do not steal its socket. */
-		if (connect(lsock, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			report_start(pfd[1], EADDRINUSE, "a server of that name is running");
-			_exit(1);
-		}
-		close(lsock);
-		lsock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		unlink(sa.sun_path);
-		if (lsock < 0 || bind(lsock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-		    listen(lsock, 16) < 0) {
-			e = errno;
-			report_start(pfd[1], e, "cannot listen on the socket");
+		S.req_fd = claim_name(proc, path, &what);
+		if (S.req_fd < 0) {
+			report_start(pfd[1], -S.req_fd, what);
 			_exit(1);
 		}
 		devnull = open("/dev/null", O_RDWR);
@@ -1325,7 +2185,7 @@ static int cmd_serve(const char *proc)
 				close(devnull);
 		}
 		report_start(pfd[1], 0, "listening");
-		serve_loop(lsock, sa.sun_path);
+		serve_loop(proc, path);
 	}
 
 	/* The caller: wait until the server listens (or says why not). */
@@ -1367,12 +2227,47 @@ static int cmd_serve(const char *proc)
 	return 0;
 }
 
+static int ctl_unreachable(const char *proc, int e, const char *why)
+{
+	printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot reach server %s: %s\n",
+	       errname(e), proc, proc, why ? why : strerror(e));
+	return 1;
+}
+
+/* Write the request file: the steps as one line. */
+static int write_request(const char *path, char **w, int nw)
+{
+	size_t len = 0;
+	char *line, *p;
+	int fd, i, e = 0;
+
+	for (i = 0; i < nw; i++)
+		len += strlen(w[i]) + 1;
+	line = malloc(len + 1);
+	if (!line)
+		return ENOMEM;
+	for (i = 0, p = line; i < nw; i++)
+		p += sprintf(p, "%s%s", i ? " " : "", w[i]);
+	strcpy(p, "\n");
+	unlink(path);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, line, strlen(line)) < 0)
+		e = errno;
+	if (fd >= 0 && close(fd) < 0 && !e)
+		e = errno;
+	free(line);
+	return e;
+}
+
 static int cmd_ctl(const char *proc, char **w, int nw)
 {
-	struct sockaddr_un sa;
-	char *line, *buf = NULL, *p;
-	size_t len = 0, cap = 0, n = 0;
-	int s, i, rc = 0, records = 0;
+	char path[PATH_MAX], req[PATH_MAX], reply[PATH_MAX], note[32];
+	char *buf = NULL;
+	size_t cap = 0, n = 0;
+	int rfd, ofd, e, rc = 0, records = 0;
+	bool server_gone = false;
+	struct stat st;
+	int me = (int)getpid();
 
 	if (!proc_name_ok(proc)) {
 		print_usage_record(stdout, "bad server name '%s'", proc);
@@ -1382,49 +2277,106 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 		print_usage_record(stdout, "ctl %s: no steps", proc);
 		return 2;
 	}
-	sock_path(proc, &sa);
-	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
+	snprintf(path, sizeof(path), REQ_FIFO_FMT, proc);
+	snprintf(req, sizeof(req), CLIENT_FMT, proc, me, "req");
+	snprintf(reply, sizeof(reply), CLIENT_FMT, proc, me, "out");
+	signal(SIGPIPE, SIG_IGN);
 
-		printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot reach server %s: %s\n",
-		       errname(e), proc, proc, strerror(e));
+	/* ENOENT: never started (or exited cleanly); ENXIO: nobody reads it, the server died. */
+	rfd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+	if (rfd < 0) {
+		char why[PATH_MAX + 100];
+
+		e = errno;
+		snprintf(why, sizeof(why), "%s (nothing reads %s: the server exited or was killed)",
+			 strerror(e), path);
+		return ctl_unreachable(proc, e, e == ENXIO ? why : NULL);
+	}
+	if (fstat(rfd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
+		close(rfd);
+		return ctl_unreachable(proc, EINVAL, "its request file is not a FIFO");
+	}
+	e = write_request(req, w, nw);
+	if (!e) {
+		unlink(reply);
+		if (mkfifo(reply, 0600) < 0)
+			e = errno;
+	}
+	ofd = e ? -1 : open(reply, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (!e && ofd < 0)
+		e = errno;
+	if (e) {
+		printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot create the request files in %s: %s\n",
+		       errname(e), proc, RUN_DIR, strerror(e));
+		close(rfd);
+		unlink(req);
+		unlink(reply);
 		return 1;
 	}
-	for (i = 0; i < nw; i++)
-		len += strlen(w[i]) + 1;
-	line = malloc(len + 1);
-	if (!line)
-		return 1;
-	for (i = 0, p = line; i < nw; i++)
-		p += sprintf(p, "%s%s", i ? " " : "", w[i]);
-	strcpy(p, "\n");
-	signal(SIGPIPE, SIG_IGN);
-	write_all(s, line, strlen(line));
-	free(line);
-	shutdown(s, SHUT_WR);
-
-	/* Relay the records line by line as they come. */
+	/* The request itself: one short line, atomic on a FIFO. */
+	snprintf(note, sizeof(note), "%d\n", me);
 	for (;;) {
+		ssize_t k = write(rfd, note, strlen(note));
+
+		if (k == (ssize_t)strlen(note))
+			break;
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && errno == EAGAIN) {	/* queue full: wait for room */
+			struct pollfd p = { .fd = rfd, .events = POLLOUT };
+
+			poll(&p, 1, 100);
+			continue;
+		}
+		e = k < 0 ? errno : EIO;
+		close(rfd);
+		close(ofd);
+		unlink(req);
+		unlink(reply);
+		return ctl_unreachable(proc, e, e == EPIPE ? "it exited before taking the request" : NULL);
+	}
+
+	/*
+	 * Relay the records line by line as they come. The reply FIFO polls
+	 * POLLIN/POLLHUP only once the server has opened it; until then the
+	 * request FIFO's POLLERR says the server died (no reader left).
+	 */
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = ofd, .events = POLLIN },
+			{ .fd = rfd, .events = 0 },
+		};
 		ssize_t k;
 		char *nl;
+		bool eof = false;
 
+		if (poll(p, server_gone ? 1 : 2, server_gone ? 0 : -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (!p[0].revents) {
+			if (server_gone)
+				break;	/* nothing came after the server died */
+			if (p[1].revents & (POLLERR | POLLHUP | POLLNVAL))
+				server_gone = true;	/* one last look at the reply FIFO */
+			continue;
+		}
 		if (cap - n < 4096) {
 			cap = cap ? 2 * cap : 65536;
 			buf = realloc(buf, cap);
 			if (!buf)
 				return 1;
 		}
-		k = read(s, buf + n, cap - n - 1);
-		if (k < 0 && errno == EINTR)
+		k = read(ofd, buf + n, cap - n - 1);
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (k <= 0) {
+			eof = true;
 			if (n) {	/* last line without a newline */
 				buf[n++] = '\n';
-				k = 0;
-			} else {
-				break;
 			}
+			k = 0;
 		}
 		n += (size_t)k;
 		while ((nl = memchr(buf, '\n', n))) {
@@ -1443,14 +2395,22 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 			memmove(buf, buf + ll, n - ll);
 			n -= ll;
 		}
-		if (k == 0)
+		if (eof)
 			break;
 	}
 	free(buf);
-	close(s);
+	if (!records && !server_gone) {
+		struct pollfd p = { .fd = rfd, .events = 0 };
+
+		server_gone = poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP));
+	}
+	close(ofd);
+	close(rfd);
+	unlink(req);
+	unlink(reply);
 	if (!records) {
-		printf("@cma op=ctl status=fail errno=EPROTO name=%s msg=no reply from server %s\n",
-		       proc, proc);
+		printf("@cma op=ctl status=fail errno=EPROTO name=%s msg=no reply from server %s%s\n",
+		       proc, proc, server_gone ? " (it exited or was killed before answering)" : "");
 		return 1;
 	}
 	return rc;

@@ -9,6 +9,7 @@ small schema checker over them. Pure functions over text, apart from
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,31 @@ def parse_size(value: Any) -> int:
         if number.isdigit() or (number.startswith("0X") and _is_hex(number[2:])):
             return int(number, 0) * _SIZE_UNITS[unit]
     raise ValueError("a size (bytes, or with K/M/G, e.g. 128M)")
+
+
+_SHARE = re.compile(r"^(?:(\d+(?:\.\d+)?)%|CMA(?:\*(\d+))?(?:/(\d+))?)$")
+
+
+def parse_share(value: Any) -> tuple[int, int] | None:
+    """(numerator, denominator) of a size written relative to the CMA area, or None.
+
+    '50%' -> (50, 100), '12.5%' -> (125, 1000), 'cma' -> (1, 1), 'cma/2' -> (1, 2), 'cma*3/4' -> (3, 4).
+    """
+    if not isinstance(value, str):
+        return None
+    m = _SHARE.match(value.strip().upper().replace(" ", ""))
+    if not m:
+        return None
+    percent, times, over = m.groups()
+    if percent is not None:
+        whole, _, frac = percent.partition(".")
+        den = 100 * 10 ** len(frac)
+        num = int(whole + frac)
+    else:
+        num, den = int(times or 1), int(over or 1)
+    if num <= 0 or den <= 0 or num > den:
+        raise ValueError("a share of the CMA area between 0 and all of it (e.g. 50%, cma/2)")
+    return num, den
 
 
 def _is_hex(text: str) -> bool:

@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kmod", help="driver source folder to build and test (default: the project's kmod/)")
     p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="how commands reach the guest")
+    p.add_argument(
+        "--backend",
+        choices=["driver", "heap"],
+        help="allocate through the driver or the kernel's CMA heap (/dev/dma_heap) in steps that name none",
+    )
     p.add_argument("--out", help="run directory (default ./runs/<timestamp>)")
     p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
@@ -77,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     from harness.frontends.cli_reports import add_parsers
 
     add_parsers(sub)  # report, compare
+    from harness.frontends.heap_compare import add_parser
+
+    add_parser(sub)  # heap-compare
+
+    from harness.frontends.fuzz import add_parser as add_fuzz
+
+    add_fuzz(sub)
 
     sub.add_parser("targets", help="list targets")
     sub.add_parser("scenarios", help="list scenarios")
@@ -177,8 +189,27 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return boot(opts, lambda line: print(line, flush=True))
 
 
+def cancel_on_signals() -> None:
+    """SIGINT and SIGTERM become `Cancelled` at the point where the run is, so every stage unwinds
+    normally: the guest is stopped, result.json and the console are kept, the exit status is
+    130 or 143. A second signal while that cleanup runs (bounded: QEMU gets 2 s) is ignored."""
+    import signal
+
+    from harness.errors import Cancelled
+
+    def on_signal(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Cancelled(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "prepare", "setup", "fuzz"):
+        cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop
     try:
         if args.command == "setup":
             return cmd_setup(args)
@@ -190,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_boot(args)
         if args.command == "prepare":
             return cmd_prepare(args)
+        if args.command == "fuzz":
+            from harness.frontends.fuzz import cmd_fuzz
+
+            return cmd_fuzz(args)
+        if args.command == "heap-compare":
+            from harness.frontends.heap_compare import cmd_heap_compare
+
+            return cmd_heap_compare(args)
         if args.command in ("report", "compare"):
             from harness.frontends.cli_reports import cmd_compare, cmd_report
 

@@ -104,7 +104,7 @@ class Invocation:
         # Every file is validated before anything runs; overrides apply to each target.
         self.targets: list[Target] = [self.overrides.apply(t) for t in resolve_targets(args.target)]
         specs = args.scenario or ([str(paths.scenarios_dir())] if args.select else ["smoke"])
-        scenarios = resolve_scenarios(specs)
+        scenarios = resolve_scenarios(specs, getattr(args, "backend", None))
         self.scenarios: list[Scenario] = select(scenarios, args.select) if args.select else scenarios
         self.files: list[FileSpec] = [parse_add(v, Path.cwd(), "--add") for v in args.add]
         from harness.artifacts.extra_files import check_files
@@ -146,6 +146,8 @@ class Invocation:
         for scenario in job.scenarios:
             argv += ["--scenario", str(scenario.path)]
         argv += ["--kmod", str(self.kmod), "--transport", self.args.transport, "--cache-dir", str(self.cache)]
+        if getattr(self.args, "backend", None):
+            argv += ["--backend", self.args.backend]
         argv += self.overrides.to_argv()
         for spec in self.files:
             argv.append(f"--add={spec.src}:{spec.dest}" if spec.dest else f"--add={spec.src}")

@@ -213,9 +213,13 @@ class Guest:
         self.stop_console_pump()  # the main thread owns the console again
 
     def stop(self) -> None:
-        self._close_ssh()
+        # Cleanup runs after anything, a signal or a dead QEMU included: what is left of the
+        # console is read if it can be, and QEMU is stopped whatever happened before.
+        with contextlib.suppress(GuestError, OSError, ValueError):
+            self._close_ssh()
         if self.console is not None:
-            self.console.drain(0)
+            with contextlib.suppress(GuestError, OSError, ValueError):
+                self.console.drain(0)
         self.qemu.stop()
         self.detector.finish()
 

@@ -114,7 +114,9 @@ class QemuProcess:
         self.env = env
         self.child: Any = None  # pexpect.spawn
         self.started_at = 0.0
-        self.exit_status: int | None = None
+        self.exit_status: int | None = None  # QEMU's own exit status, once reaped
+        self.exit_signal: int | None = None  # or the signal that killed it
+        self.stopped_by_us = False  # we sent the signal (stop()), not someone else
 
     def start(self) -> QemuProcess:
         import pexpect  # lazy: keeps `cma-harness --help` and unit tests fast
@@ -162,6 +164,7 @@ class QemuProcess:
         if child is None:
             return
         if child.isalive():
+            self.stopped_by_us = True
             with contextlib.suppress(OSError):
                 os.kill(child.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace
@@ -174,8 +177,17 @@ class QemuProcess:
                     child.wait()
         with contextlib.suppress(Exception):
             child.close(force=True)
-        self.exit_status = child.exitstatus if child.exitstatus is not None else child.signalstatus
+        self.exit_status, self.exit_signal = child.exitstatus, child.signalstatus
         _live.discard(self)
+
+    def describe_exit(self) -> str:
+        """How QEMU ended, for messages: 'killed by SIGKILL', 'exited with status 1'."""
+        if self.exit_signal is not None:
+            how = f"killed by {signal.Signals(self.exit_signal).name}"
+            return how + (" (stopped by the harness)" if self.stopped_by_us else "")
+        if self.exit_status is not None:
+            return f"exited with status {self.exit_status}"
+        return "still running" if self.alive() else "exited"
 
     def __enter__(self) -> QemuProcess:
         return self.start()

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from harness.oracles.dmesg import CmaReservation, DumpMemRecord
 
 # The capacity probe allocates big chunks, then this granule; baseline and check must agree within it.
-CAPACITY_GRANULE = 1 << 20
-CAPACITY_CHUNKS = (16 << 20, CAPACITY_GRANULE)
+# The capacity probe allocates big chunks, then smaller ones, down to this granule. Every block the
+# driver hands out holds at least two pages (a one-page block takes two), so an 8 KiB granule sees
+# every leaked block, whatever its size: page-exact on kernels without CMA debugfs too.
+CAPACITY_GRANULE = 8 << 10
+CAPACITY_CHUNKS = (16 << 20, 1 << 20, 64 << 10, CAPACITY_GRANULE)
 # What the driver prints itself: pr_*() with its pr_fmt prefix, dev_*() on its misc device, dump_mem.
 DRIVER_MESSAGE = re.compile(r"^(?:misc )?cma_mem: |^dump_mem:")
 # The kernel's own notes on loading an unsigned out-of-tree module: not the driver's words, not faults.

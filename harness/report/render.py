@@ -97,6 +97,11 @@ def reservation(result: dict[str, Any], placed: list[Block]) -> tuple[int, int, 
     return 0, 128 * MIB, False
 
 
+def step_notes(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Findings that are not failures (the heap witness's figures, or why it was unavailable), per step."""
+    return [(step_ref(s), n) for s in result.get("steps", []) for n in s.get("notes", [])]
+
+
 def failing_steps(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in result.get("steps", []) if s.get("status") != "pass"]
 
@@ -141,6 +146,17 @@ def kernel_text(result: dict[str, Any]) -> str:
     return text
 
 
+def features_text(result: dict[str, Any]) -> str:
+    """What the kernel lacks and what that switches off: an oracle that could not run is said, not hidden."""
+    features = (result.get("kernel") or {}).get("features") or {}
+    absent = features.get("absent") or []
+    if not features:
+        return "not checked"
+    if not absent:
+        return "every optional oracle is available"
+    return "; ".join(f"{a['feature']}: not in this kernel ({a['without']})" for a in absent)
+
+
 def cma_text(result: dict[str, Any]) -> str:
     cma = result.get("cma") or {}
     if not cma.get("base"):
@@ -155,6 +171,7 @@ def facts(result: dict[str, Any]) -> list[tuple[str, str]]:
         ("transport", str(result.get("transport", "serial"))),
         ("kernel", kernel_text(result)),
         ("CMA reservation", cma_text(result)),
+        ("optional oracles", features_text(result)),
         ("driver", str(result.get("kmod", "?"))),
         ("scenarios", str(result.get("scenario", "?")).replace(",", ", ")),
         ("started", str(result.get("started", "?"))),
@@ -257,6 +274,9 @@ def render_markdown(result: dict[str, Any], run_dir: Path | None = None) -> str:
         lines += ["", f"## Failures ({len(failing)})", ""]
         for step in failing:
             lines += _md_step_detail(step)
+    notes = step_notes(result)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {ref}: {note}" for ref, note in notes]
     groups = group_events(result.get("kernel_events", []))
     if groups:
         lines += ["", f"## Kernel events ({len(groups)} signatures)", ""]
@@ -661,6 +681,10 @@ def render_html(result: dict[str, Any], run_dir: Path | None = None) -> str:
         parts.append(f"<section><h2>Error</h2><pre>{escape(str(result['error']))}</pre></section>")
     if result.get("problems"):
         parts.append(f"<section><h2>Run problems</h2>{_html_problems(list(result['problems']))}</section>")
+    notes = step_notes(result)
+    if notes:
+        items = "".join(f"<li>{escape(ref)}: {escape(note)}</li>" for ref, note in notes)
+        parts.append(f'<section id="notes"><h2>Notes</h2><ul>{items}</ul></section>')
     parts += [_html_failures(result), _html_events(result), _html_block_map(result), _html_scenarios(result)]
     parts.append(f'<section id="timings"><h2>Stage timings</h2>{svg_timings(result)}</section>')
     if result.get("console_tail"):

@@ -39,6 +39,10 @@ def print_summary(record: RunResult, out: Path, console: Any) -> None:
         )
     for problem in record.problems:
         console.print(f"[red]problem:[/red] {problem}")
+    absent = [a["feature"] for a in (record.kernel.get("features") or {}).get("absent", [])]
+    if absent:
+        # Oracles this kernel cannot run: said on every run, so a pass is not read as more than it is.
+        console.print(f"[dim]not in this kernel (oracles off): {', '.join(absent)}[/dim]", soft_wrap=True)
     if record.console_tail and record.console_tail.rstrip() not in record.error:  # said once
         console.print("console tail:\n" + record.console_tail, soft_wrap=True, markup=False)
     if record.error:

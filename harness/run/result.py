@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from harness.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
+from harness.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, Cancelled, ConfigError, GuestDied, HarnessError
 from harness.scenario.model import StepResult
 
 SCHEMA_VERSION = 1
@@ -28,6 +28,27 @@ class Verdict(StrEnum):
 class TransportKind(StrEnum):
     SERIAL = "serial"
     SSH = "ssh"
+
+
+def error_verdict(exc: HarnessError, kernel_reported: bool) -> tuple[Verdict, int]:
+    """The verdict and exit status of a run that ended in `exc`.
+
+    Only the driver's behaviour and the kernel's reports about it make exit 1: a run the
+    environment ended (a dead emulator, a missing tool, a guest helper that cannot start) is
+    an error (3), a bad configuration 2, a cancelled run 130/143. One exception: when the
+    kernel had already reported a fault (panic, oops, warning, leak), the machinery failing
+    after it does not hide it; that run fails (1).
+    """
+    if isinstance(exc, Cancelled | ConfigError | GuestDied) or not kernel_reported:
+        return Verdict.ERROR, exc.exit_code
+    return Verdict.FAIL, EXIT_FAIL
+
+
+def aborted_by_environment(qemu_alive: bool, kernel_reported: bool) -> bool:
+    """A guest that stopped answering during a step: the environment's failure when QEMU is
+    gone and the kernel said nothing (killed from outside); the driver's when the kernel
+    reported (a panic ends QEMU: panic=-1 with -no-reboot) or the guest hung with QEMU alive."""
+    return not qemu_alive and not kernel_reported
 
 
 class ResultError(Exception):
@@ -79,6 +100,10 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
     console_tail: str = ""  # set when the guest died or hung
     extra_events: list[dict[str, Any]] = field(default_factory=list)  # kernel events not from the console
+    # Verdict error only: the exit status the error calls for (2 configuration, 3 infrastructure,
+    # 130/143 cancelled by SIGINT/SIGTERM) and, for a cancelled run, the signal's name.
+    error_exit: int = EXIT_INFRA
+    interrupted_by: str = ""
     schema_version: int = SCHEMA_VERSION
     # Optional (absent in older files): the effective configuration after command-line overrides
     # (qemu argv, kernel command line, CMA, memory, smp, timeouts, files put into the guest) and
@@ -106,6 +131,8 @@ class RunResult:
             "problems": self.problems,
             "console_tail": self.console_tail,
             "extra_events": self.extra_events,
+            "error_exit": self.error_exit,
+            "interrupted_by": self.interrupted_by,
             "schema_version": self.schema_version,
             "config": self.config,
             "provenance": self.provenance,
@@ -138,6 +165,8 @@ class RunResult:
                 problems=list(data.get("problems", [])),
                 console_tail=data.get("console_tail", ""),
                 extra_events=list(data.get("extra_events", [])),
+                error_exit=int(data.get("error_exit", EXIT_INFRA)),
+                interrupted_by=data.get("interrupted_by", ""),
                 config=dict(data.get("config", {})),
                 provenance=dict(data.get("provenance", {})),
             )
@@ -162,4 +191,4 @@ class RunResult:
             return EXIT_PASS
         if self.verdict == Verdict.FAIL:
             return EXIT_FAIL
-        return EXIT_INFRA
+        return self.error_exit

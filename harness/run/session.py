@@ -16,17 +16,27 @@ from harness.artifacts import build, initramfs
 from harness.artifacts.debian import DebianProvider, ImageCache
 from harness.artifacts.kernels import vermagic
 from harness.artifacts.kernels.registry import kernel_provider
+from harness.artifacts.kernels.requirements import check as check_features
+from harness.artifacts.kernels.requirements import parse_kconfig
 from harness.config.guestfiles import FileSpec
 from harness.config.overrides import Overrides
 from harness.config.targets import Target
-from harness.errors import GuestError, HarnessError
+from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles
 from harness.guest.shell import RESET_COMMAND
 from harness.run import observe, resolve
-from harness.run.result import RunResult, ScenarioSummary, TransportKind, Verdict
-from harness.scenario.model import Scenario
+from harness.run.result import (
+    RunResult,
+    ScenarioSummary,
+    TransportKind,
+    Verdict,
+    aborted_by_environment,
+    error_verdict,
+)
+from harness.scenario.model import Scenario, StepStatus
 from harness.scenario.runner import ScenarioResult, ScenarioRunner
+from harness.scenario.steps import fit_problems
 
 if TYPE_CHECKING:
     from harness.guest.machine import Guest, SshSetup
@@ -56,9 +66,19 @@ class Stages:
     def __init__(self, record: RunResult, on_stage: Callable[[str, str, float], None]) -> None:
         self.record = record
         self.on_stage = on_stage
+        self.current = ""  # the stage running now, for messages about an interrupted run
+
+    def position(self) -> str:
+        """Where the run is, in words: 'stage scenario (smoke step 3: alloc ...)'."""
+        where = f"stage {self.current or 'start-up'}"
+        steps = self.record.steps
+        if self.current == "scenario" and steps:
+            where += f" ({steps[-1].scenario} step {steps[-1].index}: {steps[-1].name})"
+        return where
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
         self.on_stage(name, "start", 0.0)
         started = time.monotonic()
         try:
@@ -90,6 +110,7 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
         kernel = kernel_provider(opts.target, cache, update=opts.update, install=opts.install).kernel(opts.target)
         userspace = provider.busybox(opts.target)  # busybox always comes from Debian
     record.kernel = {"package": kernel.package, "version": kernel.version, "release": kernel.release}
+    record.kernel["features"] = check_kernel_features(opts.target, kernel.kdir / ".config")
     with stage("build kmod"):
         ko = build.build_kmod(
             opts.kmod, kernel.kdir, opts.target.kernel.make_arch, opts.target.kernel.cross_compile, opts.cache
@@ -121,6 +142,41 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
             opts.cache, files, guestinit.init_script(extra_init), guestinit.FORMAT_VERSION
         )
     return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
+
+
+def check_fit(scenarios: list[Scenario], target: Target) -> None:
+    """Refuse, before anything is built or booted, a scenario that asks for more CMA than the target has."""
+    cma = target.cma_mib << 20
+    problems = [p for s in scenarios for p in fit_problems(s.resolved(cma).steps, cma, str(s.path))]
+    if problems:
+        raise ConfigError(
+            f"a scenario does not fit {target.name}'s CMA area ({target.cma_mib} MiB):\n  " + "\n  ".join(problems),
+            hint="write sizes relative to the area (50%, cma/2, fragment count: fill), or use a target with more CMA",
+        )
+
+
+def check_kernel_features(target: Target, config_file: Path) -> dict[str, Any]:
+    """The kernel's .config against what the harness needs, before anything boots.
+
+    A missing hard requirement is an environment error naming the options (exit 3), never a
+    run that fails like a broken driver; optional features absent are recorded, with what
+    their absence switches off, for the result and the report.
+    """
+    if not config_file.is_file():
+        return {"source": "", "absent": [], "note": f"no {config_file}: checked after boot only"}
+    config = parse_kconfig(config_file.read_text(errors="replace"))
+    features = check_features(config, console=target.console, cmdline=target.kernel_cmdline())
+    if not features.ok:
+        raise InfraError(
+            f"{target.name}: {features.message()}",
+            hint=f"enable {', '.join(features.missing_options)} in the kernel ({config_file}); "
+            "the README lists the guest kernel's requirements",
+        )
+    return {
+        "source": str(config_file),
+        "present": list(features.enabled()),
+        "absent": [{"feature": f.key, "without": f.requirement.without} for f in features.optional if not f.present],
+    }
 
 
 def prepare_artifacts(opts: RunOptions, log: Callable[[str], None] = print) -> BootFiles:
@@ -169,7 +225,10 @@ def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
     record.blocks += [b.as_dict() | {"scenario": outcome.name} for b in outcome.live_blocks]
     record.allocations += [b.as_dict() | {"scenario": outcome.name} for b in outcome.allocations]
     record.extra_events += [e.as_dict() for e in outcome.extra_events]
-    verdict = Verdict.FAIL if outcome.failed else Verdict.PASS
+    if any(s.status == StepStatus.ERROR for s in outcome.steps):
+        verdict = Verdict.ERROR  # the environment interrupted it: no verdict on the driver
+    else:
+        verdict = Verdict.FAIL if outcome.failed else Verdict.PASS
     duration = round(outcome.duration, 4)
     record.scenarios.append(ScenarioSummary(outcome.name, outcome.path, verdict, len(outcome.steps), duration))
 
@@ -205,6 +264,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
     guest: Guest | None = None
     all_events: list[dict[str, Any]] = []
     try:
+        check_fit(opts.scenarios, opts.target)
         boot = prepare(opts, stage, record, log)
         record.config = {**resolve.effective_config(opts.target, boot, opts.overrides), **record.config}
         record.provenance = _provenance(opts, boot, record)
@@ -222,10 +282,16 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
                         record.console_tail = runner.aborted.detail or guest.tail()
+                        died = not guest.qemu.alive()
                         guest.stop()
                         opts.observer.guest_stopped()
                         all_events += [e.as_dict() for e in guest.events()]
-                        guest = None
+                        reported = runner.outcome is not None and runner.outcome.events
+                        dead, guest = guest, None
+                        if aborted_by_environment(not died, bool(reported)):
+                            # No panic, oops or warning on the console: the emulator died (killed
+                            # from outside, out of memory, a QEMU bug), not the driver's doing.
+                            raise guest_died(record, dead, runner.aborted)
                 with stage("report"):
                     if guest is not None:
                         assert guest.transport is not None
@@ -244,9 +310,12 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         failed = any(s.verdict != Verdict.PASS for s in record.scenarios) or record.kernel_events or record.problems
         record.verdict = Verdict.FAIL if failed else Verdict.PASS
     except HarnessError as exc:
-        record.verdict = Verdict.ERROR
         record.error = exc.render()
-        if isinstance(exc, GuestError):
+        record.verdict, record.error_exit = error_verdict(exc, bool(record.kernel_events))
+        if isinstance(exc, Cancelled):
+            record.interrupted_by = exc.signal_name
+            record.error = f"{exc.message} during {stage.position()}, {time.monotonic() - total_started:.1f} s in"
+        if isinstance(exc, GuestError) and exc.detail:
             record.console_tail = exc.detail
     finally:
         record.timings["total"] = round(time.monotonic() - total_started, 4)
@@ -260,6 +329,30 @@ def _provenance(opts: RunOptions, boot: BootFiles, record: RunResult) -> dict[st
     specs = resolve.requested_files(opts.target, opts.scenarios, opts.files)
     sources = sorted({f.source_package for f in specs if f.kselftest})
     return collect(opts.target, boot, opts.kmod, opts.cache, kselftest_sources=sources)
+
+
+def guest_died(record: RunResult, guest: Guest, cause: GuestError) -> GuestDied:
+    """The error for a guest whose QEMU exited with no kernel report, its step marked as interrupted."""
+    how = guest.qemu.describe_exit()
+    step = record.steps[-1] if record.steps else None
+    where = f" during step {step.index} ({step.name}) of {step.scenario}" if step else ""
+    message = f"QEMU {how}{where}, with no kernel panic or oops on the console: an environment failure"
+    mark_interrupted(record, message)
+    return GuestDied(message, detail=cause.detail or guest.tail())
+
+
+def mark_interrupted(record: RunResult, why: str) -> None:
+    """The step that was running when the environment failed gets status error, not fail."""
+    if not record.steps:
+        return
+    step = record.steps[-1]
+    if step.status == StepStatus.PASS:
+        return  # the step had finished; the failure came between steps
+    step.status = StepStatus.ERROR
+    step.problems = [p for p in step.problems if not p.startswith("guest stopped answering")] + [why]
+    for summary in record.scenarios:
+        if summary.name == step.scenario:
+            summary.verdict = Verdict.ERROR
 
 
 def _write_pid(out: Path, pid: int) -> None:

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.errors import GuestSetupError
 from harness.guest.kernel_log import KernelLog
 from harness.guest.shell import MODULE, wait_gone
 from harness.guest.transport.base import CommandResult, Transport
@@ -19,7 +20,7 @@ from harness.oracles.cmatest import CmaRecord, parse_records
 from harness.oracles.dmesg import CmaReservation, DumpMemRecord
 from harness.oracles.faults import KernelEvent, kmemleak_events
 from harness.oracles.symbolize import Symbol, parse_section_bases, symbolize
-from harness.scenario.model import Block, CommandRecord, StepResult
+from harness.scenario.model import Block, CommandRecord, StepResult, StepStatus
 
 
 @dataclass
@@ -30,6 +31,8 @@ class RunState:
     capacity_baseline: int | None = None
     capacity_check: int | None = None
     cma_used_baseline: int | None = None  # CMA debugfs pages in use, where the kernel has it
+    heap_baseline: int | None = None  # the same measure through the kernel's CMA heap (the witness)
+    heap_check: int | None = None
     allocated: list[Block] = field(default_factory=list)  # every allocation, freed or not (for the report)
 
 
@@ -61,6 +64,12 @@ class DriverClient:
         self.new_blocks: list[Block] = []  # allocations of the running step, for the dmesg check
         self.step_index = 0
 
+    @property
+    def cma_bytes(self) -> int:
+        """The size of the CMA area the guest reserved (0 when the boot log did not say)."""
+        reservation = self.state.reservation
+        return reservation.size_mib << 20 if reservation else 0
+
     def run(self, result: StepResult, command: str, timeout: float | None = None) -> CommandResult:
         """One guest command, recorded in the step's result."""
         out = self.transport.run(command, timeout=timeout or self.command_timeout)
@@ -84,8 +93,16 @@ class DriverClient:
         records = parse_records(out.stdout)
         pid = records[0].int("pid") if records else None
         if out.status != 0 or pid is None:
-            result.fail(f"cannot start process '{process}': {out.stdout.strip()} {out.stderr.strip()}")
-            return False
+            # The server touches no driver code before it answers (it opens the device on its
+            # first step), so failing to start is the guest environment's doing.
+            why = f"{out.stdout.strip()} {out.stderr.strip()}".strip()
+            result.status = StepStatus.ERROR
+            result.problems.append(f"cannot start process '{process}': {why}")
+            raise GuestSetupError(
+                f"the guest-side helper `cma_test serve {process}` could not start: {why}",
+                hint="the guest kernel may lack what cma_test needs to run its processes (see the README's "
+                "guest kernel requirements)",
+            )
         self.state.processes[process] = pid
         return True
 
@@ -107,6 +124,8 @@ class DriverClient:
             return
         if record.get("errno", "0") != "0" or record.get("proc") == "child":
             return  # an expected failure changes nothing
+        if record.get("backend") == "heap":
+            return  # a dma-buf from the kernel's CMA heap: no driver block, no dump_mem record
         name = record.get("name")
         if record.op == "alloc":
             block = Block(

@@ -11,6 +11,9 @@ from harness.config.guestfiles import FileSpec
 from harness.oracles.dmesg import DumpMemRecord
 
 MAIN = "main"
+# The two allocators a step can go through: the driver under test, or the kernel's own CMA heap.
+DRIVER = "driver"
+HEAP = "heap"
 
 
 class StepStatus(StrEnum):
@@ -18,6 +21,32 @@ class StepStatus(StrEnum):
 
     PASS = "pass"
     FAIL = "fail"
+    ERROR = "error"  # interrupted by the environment (QEMU died, the run was cancelled): no verdict
+
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class CmaShare:
+    """A size written relative to the target's CMA area (`50%`, `cma`, `cma/2`, `cma*3/4`).
+
+    Boards reserve what their device tree or defconfig gives them; a scenario about the area's
+    size says so in its own terms, and is resolved against the reservation the guest reports.
+    """
+
+    num: int
+    den: int
+    text: str  # as written, so step names stay the same on every target
+
+    def bytes(self, cma: int) -> int:
+        return cma * self.num // self.den // PAGE_SIZE * PAGE_SIZE  # whole pages, rounded down
+
+    def __str__(self) -> str:
+        return self.text
+
+
+FILL = "fill"  # fragment count: as many blocks as the area holds (measured), an even number
 
 
 @dataclass(frozen=True)
@@ -26,8 +55,23 @@ class Step:
     args: dict[str, Any]
     line: int
     body: tuple[Step, ...] = ()  # repeat
+    label: str = ""  # the name as written, kept when relative sizes are resolved to bytes
+
+    def resolved(self, cma: int) -> Step:
+        """This step with every CMA share turned into bytes for an area of `cma` bytes."""
+        args = {k: v.bytes(cma) if isinstance(v, CmaShare) else v for k, v in self.args.items()}
+        body = tuple(s.resolved(cma) for s in self.body)
+        if args == self.args and body == self.body:
+            return self
+        return Step(self.kind, args, self.line, body, self.describe())
+
+    @property
+    def relative(self) -> bool:
+        return any(isinstance(v, CmaShare) for v in self.args.values()) or any(s.relative for s in self.body)
 
     def describe(self) -> str:
+        if self.label:
+            return self.label
         defaults = {"process": MAIN, "expect": "0", "ptr": "ok", "steps": None}
         shown = " ".join(
             f"{k}={_short(v)}"
@@ -50,6 +94,14 @@ class Scenario:
     description: str
     steps: list[Step] = field(default_factory=list)
     files: tuple[FileSpec, ...] = ()  # into the guest (config/guestfiles.py)
+
+    @property
+    def relative(self) -> bool:
+        """Some size is written relative to the CMA area: it needs the reservation to run."""
+        return any(s.relative for s in self.steps)
+
+    def resolved(self, cma: int) -> Scenario:
+        return Scenario(self.name, self.path, self.description, [s.resolved(cma) for s in self.steps])
 
 
 @dataclass
@@ -87,6 +139,8 @@ class StepResult:
     commands: list[CommandRecord] = field(default_factory=list)
     subtests: list[dict[str, Any]] = field(default_factory=list)
     scenario: str = ""  # set once the step belongs to a run's result
+    # What the step found that is not a failure: a witness's figures, or why a witness was unavailable.
+    notes: list[str] = field(default_factory=list)
 
     def fail(self, problem: str) -> None:
         self.status = StepStatus.FAIL
@@ -110,6 +164,8 @@ class StepResult:
         }
         if self.scenario:
             out["scenario"] = self.scenario
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
     @classmethod
@@ -124,6 +180,7 @@ class StepResult:
             commands=[CommandRecord.from_json(c) for c in data.get("commands", [])],
             subtests=list(data.get("subtests", [])),
             scenario=data.get("scenario", ""),
+            notes=list(data.get("notes", [])),
         )
 
 

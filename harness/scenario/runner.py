@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from harness.errors import GuestError
+from harness.errors import Cancelled, ConfigError, GuestError
 from harness.guest.kernel_log import KernelLog
 from harness.guest.shell import DRIVER_WARNINGS_COMMAND
 from harness.guest.transport.base import Transport
@@ -128,6 +128,12 @@ class ScenarioRunner:
             try:
                 execute(self.client, step, result)
                 self.barrier(f"step {index} done")
+            except Cancelled as exc:
+                # SIGINT/SIGTERM: the step was cut short by the person or the CI system, not judged.
+                result.duration = time.monotonic() - started
+                result.status = StepStatus.ERROR
+                result.problems.append(f"{exc.message} while this step ran")
+                raise
             except GuestError as exc:
                 # The guest hung, died or panicked during this step: nothing after it can run.
                 result.duration = time.monotonic() - started
@@ -148,6 +154,12 @@ class ScenarioRunner:
         started = time.monotonic()
         since = self.kernel_log.latest_time()
         outcome = self.outcome = ScenarioResult(name=scenario.name, path=str(scenario.path))
+        if scenario.relative:
+            if not self.client.cma_bytes:
+                raise ConfigError(
+                    f"{scenario.path}: sizes relative to the CMA area, but the boot log did not say how large it is"
+                )
+            scenario = scenario.resolved(self.client.cma_bytes)
         try:
             self.run(scenario)
             if self.aborted is None and self.results:

@@ -18,8 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.config import abi
-from harness.config.yamlconf import Field, Schema, is_int, is_number, is_positive_int, is_str, one_of, parse_size
+from harness.config.yamlconf import (
+    Field,
+    Schema,
+    is_int,
+    is_number,
+    is_positive_int,
+    is_str,
+    one_of,
+    parse_share,
+    parse_size,
+)
 from harness.errors import ConfigError
+from harness.guest.heapshell import heap_probe_command
 from harness.guest.shell import (
     CMA_USED_MARKER,
     KMEMLEAK_MARKER,
@@ -31,9 +42,10 @@ from harness.guest.shell import (
 )
 from harness.oracles.checks import CAPACITY_CHUNKS, capacity_problems, rmmod_problems
 from harness.oracles.cmatest import parse_records
+from harness.oracles.heap import heap_leak_problems, heap_name, heap_unavailable, witness_problems
 from harness.oracles.ktap import parse_ktap, plan, totals_problems
 from harness.scenario.client import DriverClient
-from harness.scenario.model import MAIN, Step, StepResult, StepStatus
+from harness.scenario.model import DRIVER, FILL, HEAP, MAIN, CmaShare, Step, StepResult, StepStatus
 
 # cma_test steps per guest command in a batched repeat (a console line holds ~4 KiB).
 BATCH_CHARS = 3000
@@ -49,6 +61,7 @@ class LiveModel:
     """Which blocks each process holds at this point of the scenario, as far as the file says."""
 
     live: dict[str, set[str]] = field(default_factory=dict)  # process -> block names
+    heap: set[tuple[str, str]] = field(default_factory=set)  # (process, name) of heap buffers
 
     def need_block(self, step: Step, source: str, name: str, process: str) -> None:
         if name not in self.live.get(process, set()):
@@ -56,6 +69,13 @@ class LiveModel:
                 f"{source}:{step.line}: step '{step.kind}': block '{name}' is not allocated "
                 f"in process '{process}' at this point"
             )
+        if "backend" in step.args:
+            mine, theirs = (HEAP, DRIVER) if backend_of(step) == HEAP else (DRIVER, HEAP)
+            if ((process, name) in self.heap) != (mine == HEAP):
+                raise ConfigError(
+                    f"{source}:{step.line}: step '{step.kind}' (backend {mine}): block '{name}' was allocated "
+                    f"through the {theirs} backend"
+                )
 
     def need_process(self, step: Step, source: str, process: str) -> None:
         if process not in self.live:
@@ -67,8 +87,36 @@ def starts_process(step: Step, model: LiveModel, source: str) -> set[str]:
     return model.live.setdefault(step.args.get("process", MAIN), set())
 
 
+def cma_size(value: Any) -> int | CmaShare:
+    """Bytes (4M, 800*480*4) or a share of the target's CMA area (50%, cma/2), resolved at run time."""
+    try:
+        share = parse_share(value)
+    except ValueError:
+        share = None
+    if share is not None:
+        return CmaShare(share[0], share[1], str(value).strip())
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError("a size (bytes, or with K/M/G) or a share of the CMA area (50%, cma/2, cma*3/4)") from None
+
+
+def count_or_fill(value: Any) -> int | str:
+    if value == FILL:
+        return FILL
+    try:
+        return is_positive_int(value)
+    except ValueError:
+        raise ValueError(f"a positive integer, or '{FILL}' (as many as the area holds)") from None
+
+
 def _succeeds(step: Step) -> bool:
     return bool(step.args.get("expect", "0") == "0")
+
+
+def backend_of(step: Step) -> str:
+    """The step's backend: 'heap' (the kernel's CMA heap, /dev/dma_heap) or 'driver' (cma_mem, the default)."""
+    return HEAP if step.args.get("backend") == HEAP else DRIVER
 
 
 def needs_blocks(*names_of: Callable[[dict[str, Any]], list[str]], always: bool = False) -> Callable[..., None]:
@@ -167,6 +215,8 @@ def regex(value: Any) -> str:
 
 
 PROCESS = Field("process", process_name, default=MAIN, doc="the cma_test process that owns the blocks")
+# None: the scenario's (or the run's) default backend, which is the driver unless `backend: heap` / `--backend heap`.
+BACKEND = Field("backend", one_of(DRIVER, HEAP), default=None, doc="driver (cma_mem) or heap (/dev/dma_heap CMA heap)")
 EXPECT = Field("expect", errno_name, default="0", doc="errno the call must fail with (0: must succeed)")
 
 
@@ -182,6 +232,12 @@ class StepKind:
     check: Callable[[Step, LiveModel, str], object] = starts_process
     words: Callable[[Step], Words] | None = None  # set: a cma_test step, batched inside repeat
     body: bool = False  # has nested steps (repeat: its `steps` field)
+    # Bytes of CMA the step needs to do what it says (sizes resolved): checked before boot, so a
+    # scenario too big for a board's reservation is refused, never a failing verdict.
+    needs: Callable[[Step], int] | None = None
+    # Why this step needs the driver (cannot run on the heap backend), or None. Kinds with a
+    # `backend` field run on either; others without this run on either too (shell, dmesg, ...).
+    driver_only: Callable[[dict[str, Any]], str | None] | None = None
 
     @property
     def schema(self) -> Schema:
@@ -189,6 +245,24 @@ class StepKind:
 
 
 REGISTRY: dict[str, StepKind] = {}
+
+
+def fit_problems(steps: list[Step], cma: int, source: str) -> list[str]:
+    """What a scenario (its sizes resolved for an area of `cma` bytes) asks of the area beyond its size."""
+    problems = []
+    for step in steps:
+        needs = REGISTRY[step.kind].needs
+        need = needs(step) if needs else 0
+        if need > cma:
+            problems.append(
+                f"{source}:{step.line}: {step.describe()} needs {_mib(need)} of CMA; the area is {_mib(cma)}"
+            )
+        problems += fit_problems(list(step.body), cma, source)
+    return problems
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
 
 
 def register(kind: StepKind) -> StepKind:
@@ -210,11 +284,30 @@ def static_check(step: Step, model: LiveModel, source: str) -> None:
     REGISTRY[step.kind].check(step, model, source)
 
 
+def apply_backend(kind: str, args: dict[str, Any], default: str, where: str) -> None:
+    """Resolve a step's backend against the scenario's default (`where` is 'file:line' for errors):
+    a step without `backend` takes the default; one that only the driver has is refused on the heap."""
+    step_kind = REGISTRY[kind]
+    if any(f.name == "backend" for f in step_kind.fields):
+        if args.get("backend") is None and default == HEAP:
+            args["backend"] = HEAP
+        return
+    if default == HEAP and step_kind.driver_only is not None:
+        why = step_kind.driver_only(args)
+        if why:
+            raise ConfigError(f"{where}: step '{kind}' needs the driver ({why}); not available with backend heap")
+
+
 # --- cma_test steps: one guest command each, batched inside repeat -------------------
 
 
 def _expect(a: dict[str, Any]) -> str:
-    return f" expect={a['expect']}" if a.get("expect", "0") != "0" else ""
+    heap = " backend=heap" if a.get("backend") == HEAP else ""
+    return heap + (f" expect={a['expect']}" if a.get("expect", "0") != "0" else "")
+
+
+def _heap(a: dict[str, Any]) -> str:
+    return " backend=heap" if a.get("backend") == HEAP else ""
 
 
 def run_words(client: DriverClient, step: Step, result: StepResult) -> None:
@@ -226,6 +319,11 @@ def _alloc_check(step: Step, model: LiveModel, source: str) -> None:
     live = starts_process(step, model, source)
     if _succeeds(step):
         live.add(step.args["name"])
+        key = (step.args["process"], step.args["name"])
+        if backend_of(step) == HEAP:
+            model.heap.add(key)
+        else:
+            model.heap.discard(key)
 
 
 register(
@@ -233,16 +331,18 @@ register(
         "alloc",
         (
             Field("name", block_name, required=True),
-            Field("size", parse_size, required=True, doc="bytes, e.g. 800*480*4 or 4M"),
+            Field("size", cma_size, required=True, doc="bytes, e.g. 800*480*4 or 4M, or a share of the area: 50%"),
             Field("type", one_of("wc", "coherent"), default="wc"),
             PROCESS,
             EXPECT,
+            BACKEND,
         ),
         run=run_words,
         check=_alloc_check,
+        needs=lambda s: s.args["size"] if _succeeds(s) else 0,
         words=lambda s: (
             f"alloc {s.args['name']} {s.args['size']} {s.args['type']}{_expect(s.args)}",
-            {s.args["name"]: s.args["type"]},
+            {s.args["name"]: HEAP if backend_of(s) == HEAP else s.args["type"]},
         ),
     )
 )
@@ -257,7 +357,7 @@ def _free_check(step: Step, model: LiveModel, source: str) -> None:
 register(
     StepKind(
         "free",
-        (Field("name", block_name, required=True), PROCESS, EXPECT),
+        (Field("name", block_name, required=True), PROCESS, EXPECT, BACKEND),
         run=run_words,
         shorthand="name",
         check=_free_check,
@@ -267,21 +367,21 @@ register(
 register(
     StepKind(
         "verify",
-        (Field("names", block_names, required=True), PROCESS),
+        (Field("names", block_names, required=True), PROCESS, BACKEND),
         run=run_words,
         shorthand="names",
         check=needs_blocks(lambda a: a["names"], always=True),
-        words=lambda s: (" ".join(f"verify {n}" for n in s.args["names"]), {}),
+        words=lambda s: (" ".join(f"verify {n}{_heap(s.args)}" for n in s.args["names"]), {}),
     )
 )
 for _pattern_kind in ("write", "check"):
     register(
         StepKind(
             _pattern_kind,
-            (Field("name", block_name, required=True), Field("seed", is_int, default=1), PROCESS),
+            (Field("name", block_name, required=True), Field("seed", is_int, default=1), PROCESS, BACKEND),
             run=run_words,
             check=needs_blocks(lambda a: [a["name"]], always=True),
-            words=lambda s: (f"{s.kind} {s.args['name']} {s.args['seed']}", {}),
+            words=lambda s: (f"{s.kind} {s.args['name']} {s.args['seed']}{_heap(s.args)}", {}),
         )
     )
 register(
@@ -291,6 +391,7 @@ register(
         run=run_words,
         check=needs_blocks(lambda a: [a["name"]]),
         words=lambda s: (f"info {s.args['name']}{_expect(s.args)}", {}),
+        driver_only=lambda a: "CMEM_GET_PHYS",
     )
 )
 
@@ -315,6 +416,7 @@ register(
         ),
         run=run_words,
         words=_ioctl_words,
+        driver_only=lambda a: "a raw cma_mem ioctl",
     )
 )
 register(
@@ -325,6 +427,7 @@ register(
         # '@NAME' offsets name a block that must be there; a plain byte offset names none.
         check=needs_blocks(lambda a: [a["offset"][1:].partition("+")[0]] if a["offset"].startswith("@") else []),
         words=lambda s: (f"mmap {s.args['offset']} {s.args['len']}{_expect(s.args)}", {}),
+        driver_only=lambda a: "mmap() of /dev/cma_mem",
     )
 )
 register(
@@ -333,6 +436,8 @@ register(
         (Field("run", cma_steps, required=True), PROCESS),
         run=run_words,
         words=lambda s: (s.args["run"], {}),
+        # Raw cma_test words name their backend themselves (backend=heap); as written, they are the driver's.
+        driver_only=lambda a: None if "backend=heap" in a["run"] else "raw cma_test words for the driver",
     )
 )
 
@@ -340,45 +445,72 @@ register(
 def _fragment(client: DriverClient, step: Step, result: StepResult) -> None:
     a = step.args
     n, size, kind = a["count"], a["size"], a["type"]
-    words = [f"alloc frag.{i} {size} {kind}" for i in range(n)]
-    words += [f"free frag.{i}" for i in range(0, n, 2)]
+    if n == FILL:
+        # As many blocks as the area holds by the capacity baseline (else its size), an even
+        # number so the last block stays: every hole left is one block, none merges with the tail.
+        room = client.state.capacity_baseline or client.cma_bytes
+        n = room // size // 2 * 2
+        if n < 4:
+            result.fail(f"fragment: the area holds {room} bytes, room for only {n} blocks of {size}; 4 needed")
+            return
+    heap = _heap(a)
+    words = [f"alloc frag.{i} {size} {kind}{heap}" for i in range(n)]
+    words += [f"free frag.{i}{heap}" for i in range(0, n, 2)]
     words.append(f"alloc frag.large {a['large']} {kind}{_expect(a)}")
+    kind = HEAP if heap else kind
     kinds = {f"frag.{i}": kind for i in range(n)} | {"frag.large": kind}
     client.cma(result, a["process"], " ".join(words), kinds)
 
 
 def _fragment_check(step: Step, model: LiveModel, source: str) -> None:
     live = starts_process(step, model, source)
-    live.update(f"frag.{i}" for i in range(1, step.args["count"], 2))  # the odd-numbered blocks stay
+    count = step.args["count"]
+    # The odd-numbered blocks stay; with `fill` at least frag.1 and frag.3 (4 blocks or the step fails).
+    kept = [f"frag.{i}" for i in range(1, 4 if count == FILL else count, 2)]
     if _succeeds(step):
-        live.add("frag.large")
+        kept.append("frag.large")
+    live.update(kept)
+    if backend_of(step) == HEAP:
+        model.heap.update((step.args["process"], name) for name in kept)
 
 
 register(
     StepKind(
         "fragment",
         (
-            Field("count", is_positive_int, required=True),
-            Field("size", parse_size, required=True),
-            Field("large", parse_size, required=True),
+            Field("count", count_or_fill, required=True),
+            Field("size", cma_size, required=True),
+            Field("large", cma_size, required=True),
             Field("type", one_of("wc", "coherent"), default="coherent"),
             PROCESS,
             EXPECT,
+            BACKEND,
         ),
         run=_fragment,
         check=_fragment_check,
+        # `count` blocks must fit (4 with fill), and so must `large` when it is meant to.
+        needs=lambda s: max(
+            (4 if s.args["count"] == FILL else s.args["count"]) * s.args["size"], s.args["large"] if _succeeds(s) else 0
+        ),
     )
 )
 
 
 def _exhaust(client: DriverClient, step: Step, result: StepResult) -> None:
-    records = client.cma(result, step.args["process"], f"exhaust {step.args['chunk']}")
+    records = client.cma(result, step.args["process"], f"exhaust {step.args['chunk']}{_heap(step.args)}")
     for record in records:
         if record.op == "exhaust" and record.ok and not record.int("total"):
             result.fail("exhaust: not a single chunk could be allocated")
 
 
-register(StepKind("exhaust", (Field("chunk", parse_size, required=True), PROCESS), run=_exhaust))
+register(
+    StepKind(
+        "exhaust",
+        (Field("chunk", parse_size, required=True), PROCESS, BACKEND),
+        run=_exhaust,
+        needs=lambda s: s.args["chunk"],
+    )
+)
 
 
 # --- processes and the module ------------------------------------------------------
@@ -434,7 +566,15 @@ def _rmmod(client: DriverClient, step: Step, result: StepResult) -> None:
 
 
 register(StepKind("insmod", (Field("params", is_str, default=""),), run=_insmod))
-register(StepKind("rmmod", (Field("expect", one_of("ok", "busy"), default="ok"),), run=_rmmod))
+register(
+    StepKind(
+        "rmmod",
+        (Field("expect", one_of("ok", "busy"), default="ok"),),
+        run=_rmmod,
+        # Refused while the driver's blocks are mapped: heap buffers hold nothing of the driver.
+        driver_only=lambda a: "a driver mapping holds the module" if a["expect"] == "busy" else None,
+    )
+)
 
 
 def _repeat(client: DriverClient, step: Step, result: StepResult) -> None:
@@ -478,20 +618,29 @@ register(
 
 
 def _capacity(client: DriverClient, step: Step, result: StepResult) -> None:
-    """The largest total the driver can allocate: an allocator-level leak check.
+    """The largest total that can be allocated: an allocator-level leak check.
 
     CmaFree in /proc/meminfo cannot be used (freed pages linger on per-CPU
     lists); allocating until ENOMEM measures what really came back. Big
-    chunks first, then the granule, so the probe stays fast. In 'check'
-    mode the module is loaded just for the probe.
+    chunks first, then the granule, so the probe stays fast. Measured through
+    the driver (in 'check' mode the module is loaded just for the probe) and,
+    where the kernel has it, through its own CMA heap: an independent witness
+    that shares no code with the driver. `probe` picks one of them (default both).
     """
+    probe = step.args["probe"] or "both"
+    driver_total = _driver_capacity(client, step, result) if probe != HEAP else None
+    if probe != DRIVER:
+        _heap_capacity(client, step, result, driver_total)
+
+
+def _driver_capacity(client: DriverClient, step: Step, result: StepResult) -> int | None:
     mode = step.args["mode"]
     chunks = ",".join(str(chunk) for chunk in CAPACITY_CHUNKS)
     probe = client.run(result, capacity_probe_command(chunks, mode), timeout=client.command_timeout + 15)
     if probe.status in (PROBE_RMMOD_FAILED, PROBE_INSMOD_FAILED):
         what = "insmod" if probe.status == PROBE_INSMOD_FAILED else "rmmod"
         result.fail(f"capacity probe: {what} failed: {probe.stderr.strip()}")
-        return
+        return None
     client.note_module_load(probe.stdout)
     lines = probe.stdout.splitlines()
     leaks = [line[len(KMEMLEAK_MARKER) :] for line in lines if line.startswith(KMEMLEAK_MARKER)]
@@ -502,20 +651,58 @@ def _capacity(client: DriverClient, step: Step, result: StepResult) -> None:
     total = records[0].int("total") if records else None
     if total is None:
         result.fail(f"capacity probe printed no total: {probe.stdout.strip()} {probe.stderr.strip()}")
-        return
+        return None
     state = client.state
     if mode == "baseline":
         state.capacity_baseline = total
         state.cma_used_baseline = used_pages if has_debugfs else None
-        return
+        return total
     state.capacity_check = total
     result.fail_all(
         capacity_problems(state.capacity_baseline, total, state.cma_used_baseline, used_pages if has_debugfs else None)
     )
+    return total
+
+
+def _heap_capacity(client: DriverClient, step: Step, result: StepResult, driver_total: int | None) -> None:
+    """The witness: the same measure through /dev/dma_heap; where there is none, a note says why."""
+    mode = step.args["mode"]
+    chunks = ",".join(str(chunk) for chunk in CAPACITY_CHUNKS)
+    out = client.run(result, heap_probe_command(chunks), timeout=client.command_timeout + 15)
+    records = parse_records(out.stdout)
+    unavailable = heap_unavailable(records)
+    if unavailable is not None:
+        result.notes.append(f"heap witness {unavailable}")
+        return
+    heap = heap_name(records)
+    exhaust = next((r for r in records if r.op == "exhaust"), None)
+    total = exhaust.int("total") if exhaust is not None and exhaust.ok else None
+    if total is None:
+        result.fail(f"heap witness printed no total: {out.stdout.strip()} {out.stderr.strip()}")
+        return
+    state = client.state
+    if mode == "baseline":
+        state.heap_baseline = total
+    else:
+        state.heap_check = total
+        result.fail_all(heap_leak_problems(state.heap_baseline, total, heap))
+    figures = f"heap witness (/dev/dma_heap/{heap}): {total} bytes allocatable"
+    if driver_total is not None:
+        figures += f", the driver {driver_total}"
+        result.fail_all(witness_problems(driver_total, total, heap))
+    result.notes.append(figures)
 
 
 register(
-    StepKind("capacity", (Field("mode", one_of("baseline", "check"), required=True),), run=_capacity, shorthand="mode")
+    StepKind(
+        "capacity",
+        (
+            Field("mode", one_of("baseline", "check"), required=True),
+            Field("probe", one_of("both", DRIVER, HEAP), default=None, doc="measure through both (default) or one"),
+        ),
+        run=_capacity,
+        shorthand="mode",
+    )
 )
 
 

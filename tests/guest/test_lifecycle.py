@@ -26,9 +26,9 @@ def qemu_alive(out: Path) -> bool:
     return b"qemu-system" in cmdline and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def start(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+def start(tmp_path: Path, text: str = HANG) -> tuple[subprocess.Popen[str], Path]:
     scenario = tmp_path / "hang.yaml"
-    scenario.write_text(HANG)
+    scenario.write_text(text)
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "--scenario", str(scenario), "--out", str(out)],
@@ -71,10 +71,35 @@ def test_qemu_dies_with_the_harness(tmp_path, sig):
     wait_for_boot(out)
     assert qemu_alive(out)
     os.kill(proc.pid, sig)
-    proc.communicate(timeout=10)
+    output, _ = proc.communicate(timeout=10)
     deadline = time.monotonic() + 5
     while qemu_alive(out) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not qemu_alive(out), f"QEMU outlived the harness after {sig.name}"
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130
+    if sig != signal.SIGKILL:
+        # Cancelled, not failed: 128 + the signal, the result kept, no traceback.
+        assert proc.returncode == 128 + sig, output
+        assert "Traceback" not in output, output
+        result = json.loads((out / "result.json").read_text())
+        assert result["verdict"] == "error" and result["interrupted_by"] == sig.name
+        assert f"cancelled by {sig.name} during stage scenario" in result["error"]
+        assert [s["status"] for s in result["steps"]][-1] == "error"
+
+
+def test_qemu_killed_from_outside_is_an_environment_error_not_a_driver_failure(tmp_path):
+    # A long step, so the kill lands inside it: the guest "stops answering", and only the
+    # console tells a killed emulator (no panic) from a driver that hung or crashed the kernel.
+    proc, out = start(tmp_path, "name: long\nsteps:\n  - insmod: {}\n  - shell: {run: 'sleep 600', timeout: 60}\n")
+    wait_for_boot(out)
+    time.sleep(0.5)
+    os.kill(int((out / "qemu.pid").read_text()), signal.SIGKILL)
+    killed = time.monotonic()
+    output, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - killed < 5, "a dead emulator must be noticed at once, not after the step timeout"
+    assert proc.returncode == 3, output
+    assert "Traceback" not in output, output
+    result = json.loads((out / "result.json").read_text())
+    assert result["verdict"] == "error" and result["error_exit"] == 3
+    assert "QEMU killed by SIGKILL during step" in result["error"]
+    assert "no kernel panic or oops" in result["error"]
+    assert "fail" not in [s["status"] for s in result["steps"]]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from harness.errors import GuestError
-from harness.guest.console import Console
+from harness.guest.console import Console, ConsoleClosed
 from harness.guest.transport.base import CommandResult
 
 END = re.compile(r"^@@(\d+) X (\d+) ([0-9a-f]{32}) ([0-9a-f]{32})$")
@@ -87,6 +87,7 @@ class SerialTransport:
         )
 
     def _collect(self, cid: int, command: str, deadline: float, timeout: float) -> tuple[int, str | None, str | None]:
+        began = deadline - timeout
         out_prefix, err_prefix = f"@{cid}o|", f"@{cid}e|"
         begin = f"@@{cid} B"
         framed: list[str] = []
@@ -100,7 +101,10 @@ class SerialTransport:
             try:
                 line = self.console.next_line(deadline, f"'{command}'")
             except GuestError as exc:
-                if after_fault:
+                if isinstance(exc, ConsoleClosed):
+                    waited = time.monotonic() - began
+                    exc.message = f"QEMU exited while the guest ran '{command}' ({waited:.1f} s in)"
+                elif after_fault:
                     exc.message = f"guest stopped answering {FATAL_GRACE:.0f} s after a kernel fault: {command}"
                 else:
                     exc.message = f"guest command timed out after {timeout:.0f} s: {command}"

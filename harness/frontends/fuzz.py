@@ -1,0 +1,127 @@
+"""`cma-harness fuzz`: seeded random operations on the driver, every record checked against the model.
+
+A mismatch (or a kernel event) is shrunk to a minimal sequence and written as a scenario YAML
+that reproduces it (`repro.yaml` in the run directory). Exit 1 means the driver disagreed with
+its contract; 3, the environment failed; 0, every operation behaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.errors import EXIT_FAIL, EXIT_PASS
+from harness.model.driver import DriverModel, Params
+from harness.model.fuzz import (
+    BATCH_CHARS,
+    Executor,
+    FuzzStats,
+    GuestExecutor,
+    SimExecutor,
+    fuzz,
+    measure,
+    minimise,
+)
+from harness.model.gen import Generator
+from harness.model.ops import count_steps
+from harness.model.shrink import to_scenario_yaml
+
+
+def add_parser(sub: Any) -> None:
+    """Add `fuzz` to the CLI's subparsers (argparse's _SubParsersAction)."""
+    p = sub.add_parser("fuzz", help="seeded random operations checked against the driver model; shrinks failures")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ops", type=int, default=1000, help="operations to run (default 1000)")
+    p.add_argument("--round", type=int, default=200, help="operations planned per round")
+    p.add_argument("--target", default="arm64-fast", help="target name or YAML path (default arm64-fast)")
+    p.add_argument("--kmod", help="driver source folder (default: the project's kmod/)")
+    p.add_argument("--out", help="run directory (default ./runs/<timestamp>-fuzz)")
+    p.add_argument("--sim", action="store_true", help="no guest: the model against a simulation of itself")
+    p.add_argument("--no-shrink", action="store_true", help="report the failing sequence as it is")
+    p.add_argument("--batch-chars", type=int, default=BATCH_CHARS, help="characters per guest command")
+    p.add_argument("--cache-dir", help="artifact cache (default $CMA_HARNESS_CACHE or ~/.cache/cma-harness)")
+
+
+def report(stats: FuzzStats, out: Path, extra: dict[str, object]) -> None:
+    print(f"{stats.ops} ops in {stats.commands} commands, {stats.seconds:.1f} s ({stats.rate:.0f} ops/s)")
+    print("coverage: " + ", ".join(f"{k}={v}" for k, v in sorted(stats.coverage.items())))
+    summary = {"ops": stats.ops, "commands": stats.commands, "seconds": round(stats.seconds, 3)} | extra
+    (out / "fuzz.json").write_text(json.dumps(summary | {"coverage": stats.coverage}, indent=2) + "\n")
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from harness import paths
+    from harness.run.session import default_run_dir
+
+    out = Path(args.out).resolve() if args.out else default_run_dir().with_name(default_run_dir().name + "-fuzz")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.sim:
+        params = Params(cma_total=256 << 20, capacity=250 << 20)
+        simulated = SimExecutor(DriverModel(Params(**vars(params))))
+        stats, failure = fuzz(DriverModel(params), simulated, args.seed, args.ops)
+        mismatches = [m.describe() for m in failure.mismatches] if failure else []
+        report(stats, out, {"seed": args.seed, "mismatches": mismatches})
+        return EXIT_FAIL if failure else EXIT_PASS
+    return guest_fuzz(args, out, paths.cache_dir(args.cache_dir), paths.kmod_dir())
+
+
+def guest_fuzz(args: argparse.Namespace, out: Path, cache: Path, default_kmod: Path) -> int:
+    from harness.config.targets import resolve_target
+    from harness.run.result import RunResult
+    from harness.run.session import RunOptions, Stages, boot_guest, prepare
+
+    target = resolve_target(args.target)
+    opts = RunOptions(
+        target=target, scenarios=[], kmod=Path(args.kmod).resolve() if args.kmod else default_kmod, out=out, cache=cache
+    )
+    record = RunResult(target=target.name)
+    stages = Stages(record, lambda name, event, seconds: None)
+    files = prepare(opts, stages, record, print)
+    with (out / "console.log").open("wb", buffering=0) as console_log:
+        guest = boot_guest(opts, stages, files, console_log, record)
+        try:
+            assert guest.transport is not None
+            ex = GuestExecutor(guest.transport)
+            params = measure(ex)
+            res = guest.facts.reservation
+            if res is not None:
+                # The contract: cma_total is the CMA area as the kernel reserved it (not what the driver says).
+                params.reservation = (res.base, res.base + (res.size_mib << 20))
+                params.cma_total = res.size_mib << 20
+            params.bits = 32 if target.userland.deb_arch == "armhf" else 64
+            model = DriverModel(params)
+            stats, failure = fuzz(model, ex, args.seed, args.ops, args.round, args.batch_chars, Generator(args.seed))
+            events = guest.events()
+            mismatches = [m.describe() for m in failure.mismatches] if failure else []
+            report(
+                stats,
+                out,
+                {"seed": args.seed, "target": target.name, "mismatches": mismatches}
+                | {"events": [e.title for e in events]},
+            )
+            for line in mismatches[:10]:
+                print("MISMATCH " + line)
+            for event in events:
+                print(f"kernel {event.kind}: {event.title}")
+            if failure is None:
+                return EXIT_FAIL if events else EXIT_PASS
+            if not args.no_shrink:
+
+                def fresh_model() -> DriverModel:
+                    return DriverModel(Params(**vars(params)))
+
+                def fresh_executor() -> Executor:
+                    ex.reset()
+                    return ex
+
+                small = minimise(failure, fresh_model, fresh_executor)
+                text = to_scenario_yaml(small, fresh_model(), description=failure.mismatches[0].describe())
+                (out / "repro.yaml").write_text(text)
+                print(f"shrunk to {count_steps(small)} steps: {out / 'repro.yaml'}")
+                print(f"reproduce: cma-harness run --target {target.name} --scenario {out / 'repro.yaml'}")
+            return EXIT_FAIL
+        finally:
+            guest.poweroff()
+            guest.stop()
