@@ -41,7 +41,7 @@ def tree_hash(src: Path, extra: list[str]) -> str:
     return digest.hexdigest()[:20]
 
 
-def _tool_identity(tool: str) -> str:
+def tool_identity(tool: str) -> str:
     found = shutil.which(tool)
     if not found:
         raise InfraError(f"{tool} not found", hint="run `cma-harness setup`")
@@ -49,7 +49,7 @@ def _tool_identity(tool: str) -> str:
     return f"{os.path.realpath(found)}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def _run_build(cmd: list[str], cwd: Path, log: Path, what: str) -> None:
+def run_build(cmd: list[str], cwd: Path, log: Path, what: str) -> None:
     with log.open("w") as f:
         proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
@@ -61,7 +61,7 @@ def build_kmod(src: Path, kdir: Path, make_arch: str, cross_compile: str, cache_
     """Build the out-of-tree module in src against kdir; return the path of cma_mem.ko."""
     if not (src / "Makefile").exists() and not (src / "Kbuild").exists():
         raise ConfigError(f"{src}: not a kernel module source folder (no Makefile or Kbuild)")
-    key = tree_hash(src, [str(kdir), make_arch, cross_compile, _tool_identity(f"{cross_compile}gcc")])
+    key = tree_hash(src, [str(kdir), make_arch, cross_compile, tool_identity(f"{cross_compile}gcc")])
     out_dir = cache_root / "build" / "kmod" / key
     product = out_dir / "cma_mem.ko"
     if product.exists():
@@ -78,7 +78,7 @@ def _build_kmod(src: Path, kdir: Path, make_arch: str, cross_compile: str, out_d
         shutil.rmtree(work)
     shutil.copytree(src, work, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*.cmd", "*.mod*", ".tmp*"))
     cmd = ["make", "-C", str(kdir), f"M={work}", f"ARCH={make_arch}", f"CROSS_COMPILE={cross_compile}", "modules"]
-    _run_build(cmd, work, out_dir.with_name(key + ".log"), f"kernel module build in {src}")
+    run_build(cmd, work, out_dir.with_name(key + ".log"), f"kernel module build in {src}")
     built = work / "cma_mem.ko"
     if not built.exists():
         raise InfraError(f"kernel module build in {src} produced no cma_mem.ko")
@@ -88,7 +88,7 @@ def _build_kmod(src: Path, kdir: Path, make_arch: str, cross_compile: str, out_d
 
 def build_cma_test(src: Path, uapi_include: Path, cross_compile: str, cache_root: Path) -> Path:
     """Build the static cma_test for one architecture; return its path."""
-    key = tree_hash(src, [cross_compile, _tool_identity(f"{cross_compile}gcc"), uapi_include.read_text()])
+    key = tree_hash(src, [cross_compile, tool_identity(f"{cross_compile}gcc"), uapi_include.read_text()])
     product = cache_root / "build" / "cma_test" / key / "cma_test"
     if product.exists():
         return product
@@ -97,7 +97,7 @@ def build_cma_test(src: Path, uapi_include: Path, cross_compile: str, cache_root
             product.parent.mkdir(parents=True, exist_ok=True)
             building = product.with_name("cma_test.building")  # renamed once whole
             cmd = ["make", "-s", "-B", "-C", str(src), f"CROSS_COMPILE={cross_compile}", f"OUT={building}"]
-            _run_build(cmd, src, product.parent / "build.log", "cma_test build")
+            run_build(cmd, src, product.parent / "build.log", "cma_test build")
             if not building.exists():
                 raise InfraError(f"cma_test build produced no {building}")
             building.replace(product)

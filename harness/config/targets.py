@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import paths
+from harness.config.guestfiles import FileSpec, is_file_list, parse_files
 from harness.config.hostreq import Requirement, cross_gcc_package
 from harness.config.yamlconf import (
     Field,
@@ -116,6 +117,7 @@ class Target:
     kernel: KernelConfig
     userland: UserlandConfig
     timeouts: Timeouts
+    files: tuple[FileSpec, ...] = ()  # into the guest on every run (config/guestfiles.py)
 
     def kernel_cmdline(self, extra: list[str] | None = None) -> str:
         # panic=-1: a panic reboots at once, and -no-reboot turns that into QEMU exiting,
@@ -267,6 +269,7 @@ TARGET_SCHEMA = Schema(
         Field("kernel", lambda v: v, required=True),
         Field("userland", lambda v: v, required=True),
         Field("timeouts", lambda v: v, default=None),
+        Field("files", is_file_list, default=[], doc="files into the guest: 'SRC[:DEST]', {src, dest}, {kselftest}"),
     ]
 )
 
@@ -313,6 +316,7 @@ def load_target(path: Path) -> Target:
         kernel=kernel,
         userland=UserlandConfig(**userland),
         timeouts=Timeouts(**timeouts),
+        files=parse_files(top["files"], str(path), root.line_of("files")),
     )
 
 

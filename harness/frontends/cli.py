@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.errors import EXIT_USAGE, ConfigError, HarnessError
+from harness.errors import EXIT_USAGE, HarnessError
 
 if TYPE_CHECKING:
     pass
@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
     add_cache(p)
+    from harness.frontends.run_cli import add_run_arguments
+
+    add_run_arguments(p)  # -k, --add, overrides, -j, --repeat, --dry-run, --json
 
     p = sub.add_parser("boot", help="boot a guest with the driver and cma_test in place and leave it running")
     p.add_argument("--target", default="arm64-virt", help="target name or YAML path (default arm64-virt)")
@@ -163,52 +166,9 @@ def cmd_list(kind: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness import paths
-    from harness.config.targets import resolve_targets
-    from harness.report.terminal import print_matrix, print_summary
-    from harness.run.result import TransportKind
-    from harness.run.session import RunOptions, default_run_dir, execute, exit_code
-    from harness.scenario.loader import resolve_scenarios
+    from harness.frontends.run_cli import cmd_run as run
 
-    targets = resolve_targets(args.target)  # every file is validated before anything runs
-    scenarios = resolve_scenarios(args.scenario or ["smoke"], args.backend)
-    kmod = Path(args.kmod).resolve() if args.kmod else paths.kmod_dir()
-    if not (kmod / "Kbuild").exists() and not (kmod / "Makefile").exists():
-        raise ConfigError(f"--kmod {kmod}: not a kernel module source folder (no Makefile or Kbuild)")
-    out = Path(args.out).resolve() if args.out else default_run_dir()
-    console = _console()
-    quiet = not console.is_terminal
-
-    def on_stage(name: str, event: str, seconds: float) -> None:
-        if event == "start":
-            if not quiet:
-                console.print(f"[dim]… {name}[/dim]")
-        else:
-            mark = "[green]✓[/green]" if event == "done" else "[red]✗[/red]"
-            console.print(f"{mark} {name:<15} {seconds:7.2f} s")
-
-    records = []
-    for target in targets:
-        target_out = out if len(targets) == 1 else out / target.name
-        opts = RunOptions(
-            target=target,
-            scenarios=scenarios,
-            kmod=kmod,
-            out=target_out,
-            cache=paths.cache_dir(args.cache_dir),
-            update=args.update,
-            install=not args.no_install,
-            transport=TransportKind(args.transport),
-        )
-        if len(targets) > 1:
-            console.print(f"[bold]target {target.name}[/bold]")
-        record = execute(opts, on_stage, lambda msg: console.print(f"  [dim]{msg}[/dim]"))
-        print_summary(record, target_out, console)
-        records.append(record)
-    if len(records) > 1:
-        print_matrix(records, out, console)
-    # The worst outcome wins: infrastructure error (3) over failure (1) over pass (0).
-    return max(exit_code(r) for r in records)
+    return run(args)
 
 
 def cmd_boot(args: argparse.Namespace) -> int:

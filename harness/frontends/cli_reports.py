@@ -24,7 +24,10 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("base", metavar="BASE_RUN", help="the known-good run directory")
     p.add_argument("candidate", metavar="CANDIDATE_RUN", help="the run to judge")
-    p.add_argument("--out", help="where to write the comparison (default CANDIDATE_RUN/compare.md)")
+    p.add_argument(
+        "--out",
+        help="where to write the comparison (default CANDIDATE_RUN/compare.md; .html and .json are written beside it)",
+    )
 
 
 def run_dirs(path: Path) -> list[Path]:
@@ -68,11 +71,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     pairs = _pairs(base_root, cand_root)
     if isinstance(pairs, str):
         return _unreadable(pairs)
-    texts, worst = [], EXIT_PASS
+    texts, worst, comparisons = [], EXIT_PASS, []
     try:
         for base_dir, cand_dir in pairs:
             c = compare(load_result(base_dir), load_result(cand_dir), str(base_dir), str(cand_dir))
             texts.append(render(c))
+            comparisons.append(c)
             worst = max(worst, EXIT_FAIL if c.regression else EXIT_PASS)
     except ResultError as exc:
         return _unreadable(str(exc))
@@ -81,8 +85,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text, end="")
-    print(f"→ {out}", file=sys.stderr)
+    written = [out, *_write_formats(comparisons, out)]
+    for c in comparisons:
+        if c.provenance.warning():
+            print(f"cma-harness: warning: {c.cand_name}: {c.provenance.warning()}", file=sys.stderr)
+    print("→ " + ", ".join(str(p) for p in written), file=sys.stderr)
     return worst
+
+
+def _write_formats(comparisons: list[Any], md: Path) -> list[Path]:
+    """compare.html and compare.json beside compare.md."""
+    import json
+
+    from harness.report.compare_formats import render_html, render_json
+
+    html, data = md.with_suffix(".html"), md.with_suffix(".json")
+    html.write_text(render_html(comparisons))
+    data.write_text(json.dumps(render_json(comparisons), indent=2) + "\n")
+    return [html, data]
 
 
 def _pairs(base_root: Path, cand_root: Path) -> list[tuple[Path, Path]] | str:

@@ -44,3 +44,37 @@ def plan(text: str) -> int | None:
     """The top-level plan '1..N', if any."""
     m = re.search(r"^1\.\.(\d+)", text, re.M)
     return int(m.group(1)) if m else None
+
+
+TOTALS = re.compile(
+    r"^#\s*Totals:\s*pass:(?P<pass>\d+)\s+fail:(?P<fail>\d+)\s+xfail:(?P<xfail>\d+)\s+"
+    r"xpass:(?P<xpass>\d+)\s+skip:(?P<skip>\d+)\s+error:(?P<error>\d+)",
+    re.M,
+)
+
+
+def totals(text: str) -> dict[str, int] | None:
+    """kselftest's own count, '# Totals: pass:N fail:N xfail:N xpass:N skip:N error:N' (the last one)."""
+    found = list(TOTALS.finditer(text))
+    return {k: int(v) for k, v in found[-1].groupdict().items()} if found else None
+
+
+def totals_problems(points: list[TestPoint], text: str) -> list[str]:
+    """The test points must add up to the program's own Totals line, when it prints one.
+
+    kselftest.h prints 'ok' for pass and xfail, 'ok # SKIP' for skip, 'not ok' for fail and error."""
+    counted = totals(text)
+    if counted is None:
+        return []
+    top = [p for p in points if p.depth == 0]
+    seen = {s: sum(1 for p in top if p.status == s) for s in ("pass", "fail", "skip")}
+    expected = {
+        "pass": counted["pass"] + counted["xfail"],
+        "fail": counted["fail"] + counted["error"] + counted["xpass"],
+        "skip": counted["skip"],
+    }
+    return [
+        f"the program's Totals line says {expected[s]} {s}, its test points say {seen[s]}"
+        for s in ("pass", "fail", "skip")
+        if seen[s] != expected[s]
+    ]

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.oracles.faults import group_events
+from harness.report.provenance_diff import ProvenanceDiff
+from harness.report.provenance_diff import diff as provenance_diff
 
 VERDICT_RANK = {"pass": 0, "fail": 1, "error": 2}
 # Timing noise. Under TCG every guest instruction is host CPU time, so a busy host slows a
@@ -137,6 +139,7 @@ class Comparison:
     slower: list[TimingChange] = field(default_factory=list)
     faster: list[TimingChange] = field(default_factory=list)
     noise: Noise = field(default_factory=Noise)
+    provenance: ProvenanceDiff = field(default_factory=ProvenanceDiff)  # what differs besides the driver
 
     @property
     def verdict_worse(self) -> bool:
@@ -263,6 +266,7 @@ def compare(
             c.newly_failing_scenarios.append(str(sc.get("name")))
         elif now == "pass" and before not in ("pass", None):
             c.newly_passing_scenarios.append(str(sc.get("name")))
+    c.provenance = provenance_diff(base, cand)
     _compare_steps(c, _steps(base), _steps(cand))
     _compare_events(c, _events(base), _events(cand))
     timed = _timings(base, cand)
@@ -338,6 +342,10 @@ def render(c: Comparison) -> str:
         lines.append("**No regression** (exit 0): no step or scenario newly fails and no new kernel-event signature.")
     if c.slower or c.faster:
         lines.append(f"Timing: {len(c.slower)} slower, {len(c.faster)} faster beyond noise (below; never gated on).")
+    if c.provenance.warning():
+        lines += ["", f"**Warning**: {c.provenance.warning()}."]
+    if c.provenance.driver:
+        lines += ["", f"Driver changes (expected): {'; '.join(c.provenance.driver)}."]
     lines += ["", "| | base | candidate |", "|---|---|---|"]
     lines += [f"| {what} | {b} | {n} |" for what, b, n in c.facts]
     if c.context:

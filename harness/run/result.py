@@ -105,6 +105,11 @@ class RunResult:
     error_exit: int = EXIT_INFRA
     interrupted_by: str = ""
     schema_version: int = SCHEMA_VERSION
+    # Optional (absent in older files): the effective configuration after command-line overrides
+    # (qemu argv, kernel command line, CMA, memory, smp, timeouts, files put into the guest) and
+    # the provenance (sha256 of what was booted and loaded, versions, commit, host).
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,6 +134,8 @@ class RunResult:
             "error_exit": self.error_exit,
             "interrupted_by": self.interrupted_by,
             "schema_version": self.schema_version,
+            "config": self.config,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -160,6 +167,8 @@ class RunResult:
                 extra_events=list(data.get("extra_events", [])),
                 error_exit=int(data.get("error_exit", EXIT_INFRA)),
                 interrupted_by=data.get("interrupted_by", ""),
+                config=dict(data.get("config", {})),
+                provenance=dict(data.get("provenance", {})),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ResultError(f"{source}: not a valid run result ({exc!r})") from None

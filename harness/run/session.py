@@ -6,7 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -18,11 +18,14 @@ from harness.artifacts.kernels import vermagic
 from harness.artifacts.kernels.registry import kernel_provider
 from harness.artifacts.kernels.requirements import check as check_features
 from harness.artifacts.kernels.requirements import parse_kconfig
+from harness.config.guestfiles import FileSpec
+from harness.config.overrides import Overrides
 from harness.config.targets import Target
 from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles
 from harness.guest.shell import RESET_COMMAND
+from harness.run import observe, resolve
 from harness.run.result import (
     RunResult,
     ScenarioSummary,
@@ -51,6 +54,10 @@ class RunOptions:
     update: bool = False
     install: bool = True
     transport: TransportKind = TransportKind.SERIAL
+    # ergo (issue 15): --add files, command-line overrides (already applied to `target`), a watcher
+    files: list[FileSpec] = field(default_factory=list)
+    overrides: Overrides = field(default_factory=Overrides)
+    observer: observe.RunObserver = field(default_factory=observe.RunObserver)
 
 
 class Stages:
@@ -116,6 +123,9 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
         cma_test = build.build_cma_test(
             paths.userland_dir(), paths.uapi_header(), opts.target.userland.cross_compile, opts.cache
         )
+        # The user's files (target, scenarios, --add); kselftests among them are built here.
+        staged = resolve.stage(opts.target, resolve.requested_files(opts.target, opts.scenarios, opts.files), cache)
+        record.config["files"] = [f.to_json() for f in staged]
     with stage("initramfs"):
         files = initramfs.GuestFiles(busybox=userspace.busybox, cma_test=cma_test, kmod=ko)
         extra_init = ""
@@ -127,6 +137,7 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
                 files, extra_modules=ssh.modules, extra_files=ssh.files, extra_links=ssh.symlinks
             )
             extra_init = guestinit.ssh_init([m.stem for m in ssh.modules])
+        files = dataclasses.replace(files, extra_files=(*files.extra_files, *((f.dest, f.host) for f in staged)))
         initrd = initramfs.cached_initramfs(
             opts.cache, files, guestinit.init_script(extra_init), guestinit.FORMAT_VERSION
         )
@@ -184,6 +195,8 @@ def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO
         guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
         guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
         guest.start()
+    record.config["qemu_argv"] = list(guest.qemu.argv)
+    opts.observer.guest_started(guest)
     record.kernel["booted_release"] = guest.facts.release
     record.kernel["checkers"] = guest.facts.checkers
     res = guest.facts.reservation
@@ -220,13 +233,19 @@ def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
     record.scenarios.append(ScenarioSummary(outcome.name, outcome.path, verdict, len(outcome.steps), duration))
 
 
-def _run_scenario(guest: Guest, scenario: Scenario, record: RunResult) -> ScenarioRunner:
+def _run_scenario(
+    guest: Guest, scenario: Scenario, record: RunResult, observer: observe.RunObserver | None = None
+) -> ScenarioRunner:
     runner = ScenarioRunner.for_guest(guest, scenario.name)
+    if observer is not None:
+        observe.attach(runner, scenario, observer)
     try:
         runner.run_scenario(scenario)
     finally:
         if runner.outcome is not None:
             add_scenario(record, runner.outcome)
+        if observer is not None:
+            observe.finish(runner, scenario, observer)
     return runner
 
 
@@ -247,6 +266,8 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
     try:
         check_fit(opts.scenarios, opts.target)
         boot = prepare(opts, stage, record, log)
+        record.config = {**resolve.effective_config(opts.target, boot, opts.overrides), **record.config}
+        record.provenance = _provenance(opts, boot, record)
         with (opts.out / "console.log").open("wb", buffering=0) as console_log:
             try:
                 for index, scenario in enumerate(opts.scenarios):
@@ -255,13 +276,15 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     elif index:
                         assert guest.transport is not None
                         guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
+                    opts.observer.scenario_started(scenario, index + 1, len(opts.scenarios))
                     with stage("scenario"):
-                        runner = _run_scenario(guest, scenario, record)
+                        runner = _run_scenario(guest, scenario, record, opts.observer)
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
                         record.console_tail = runner.aborted.detail or guest.tail()
                         died = not guest.qemu.alive()
                         guest.stop()
+                        opts.observer.guest_stopped()
                         all_events += [e.as_dict() for e in guest.events()]
                         reported = runner.outcome is not None and runner.outcome.events
                         dead, guest = guest, None
@@ -298,6 +321,14 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         record.timings["total"] = round(time.monotonic() - total_started, 4)
         record.write(opts.out / "result.json")
     return record
+
+
+def _provenance(opts: RunOptions, boot: BootFiles, record: RunResult) -> dict[str, Any]:
+    from harness.run.provenance import collect
+
+    specs = resolve.requested_files(opts.target, opts.scenarios, opts.files)
+    sources = sorted({f.source_package for f in specs if f.kselftest})
+    return collect(opts.target, boot, opts.kmod, opts.cache, kselftest_sources=sources)
 
 
 def guest_died(record: RunResult, guest: Guest, cause: GuestError) -> GuestDied:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
+from harness.config.guestfiles import is_file_list, parse_files
 from harness.config.yamlconf import (
     Field,
     LocatedDict,
@@ -98,6 +99,7 @@ SCENARIO_SCHEMA = Schema(
         Field("description", is_str, default=""),
         Field("backend", one_of(DRIVER, HEAP), default=DRIVER, doc="the allocator of steps that do not name one"),
         Field("steps", lambda v: v, required=True, doc="the list of steps"),
+        Field("files", is_file_list, default=[], doc="files into the guest: 'SRC[:DEST]', {src, dest}, {kselftest}"),
     ]
 )
 
@@ -114,7 +116,8 @@ def load_scenario(path: Path, backend: str | None = None) -> Scenario:
     name = top["name"] or path.stem
     if backend is not None and backend != top["backend"]:
         name = f"{name}@{backend}"
-    return Scenario(name=name, path=path, description=top["description"], steps=steps)
+    files = parse_files(top["files"], str(path), root.line_of("files"))
+    return Scenario(name=name, path=path, description=top["description"], steps=steps, files=files)
 
 
 def scenario_paths(folder: Path | None = None) -> list[Path]:

@@ -7,6 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.config.guestfiles import FileSpec
 from harness.oracles.dmesg import DumpMemRecord
 
 MAIN = "main"
@@ -92,6 +93,7 @@ class Scenario:
     path: Path
     description: str
     steps: list[Step] = field(default_factory=list)
+    files: tuple[FileSpec, ...] = ()  # into the guest (config/guestfiles.py)
 
     @property
     def relative(self) -> bool:

@@ -43,7 +43,7 @@ from harness.guest.shell import (
 from harness.oracles.checks import CAPACITY_CHUNKS, capacity_problems, rmmod_problems
 from harness.oracles.cmatest import parse_records
 from harness.oracles.heap import heap_leak_problems, heap_name, heap_unavailable, witness_problems
-from harness.oracles.ktap import parse_ktap, plan
+from harness.oracles.ktap import parse_ktap, plan, totals_problems
 from harness.scenario.client import DriverClient
 from harness.scenario.model import DRIVER, FILL, HEAP, MAIN, CmaShare, Step, StepResult, StepStatus
 
@@ -728,6 +728,7 @@ def _ktap(client: DriverClient, step: Step, result: StepResult) -> None:
     top = [p for p in points if p.depth == 0]
     if planned is not None and len(top) != planned:
         result.fail(f"planned {planned} tests, {len(top)} reported")
+    result.fail_all(totals_problems(points, out.stdout))  # kselftest's own '# Totals:' line agrees
 
 
 def _dmesg(client: DriverClient, step: Step, result: StepResult) -> None:

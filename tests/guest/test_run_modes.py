@@ -1,0 +1,66 @@
+"""`run`'s modes on a real guest: overrides recorded, --dry-run boots nothing, -j merges, --repeat summarises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.guest
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--target", "arm64-fast", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_overrides_reach_the_guest_and_result_json(tmp_path):
+    proc = run("-k", "smoke", "--cma", "64M", "--kernel-arg", "loglevel=7", "--timeout", "command=45", "--json",
+               "--out", str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["cma"]["size_mib"] == 64  # the kernel reserved what the command line asked for
+    config = result["config"]
+    assert config["overrides"] == {"kernel_args": ["loglevel=7"], "cma_mib": 64, "timeouts": {"command": 45.0}}
+    assert "cma=64M" in config["kernel_cmdline"] and config["kernel_cmdline"].endswith("loglevel=7")
+    assert config["qemu_argv"][config["qemu_argv"].index("-append") + 1] == config["kernel_cmdline"]
+    prov = result["provenance"]
+    assert set(prov["artifacts"]) >= {"kernel", "initramfs", "module"}
+    assert prov["initramfs_files"]["/lib/modules/cma_mem.ko"] == prov["artifacts"]["module"]["sha256"]
+    assert prov["qemu"]["version"].startswith("QEMU emulator version")
+    assert prov["driver_source"] and prov["host"]["cpus"] >= 1
+
+
+def test_dry_run_prints_the_plan_and_boots_nothing(tmp_path):
+    proc = run("-k", "frag", "--smp", "2", "--dry-run", "--json", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["smp"] == 2 and plan["qemu_argv"][plan["qemu_argv"].index("-smp") + 1] == "2"
+    [scenario] = plan["scenarios"]
+    assert scenario["name"] == "fragmentation" and scenario["steps"][0]["step"] == "insmod"
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_parallel_jobs_merge_into_one_result_and_repeat_summarises(tmp_path):
+    proc = run("-k", "smoke", "-k", "lifecycle", "-j", "2", "--repeat", "2", "--json", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["verdict"] == "pass" and summary["flaky"] == []
+    assert summary["scenarios"] == {
+        "arm64-fast/lifecycle": {"pass": 2, "fail": 0, "error": 0},
+        "arm64-fast/smoke": {"pass": 2, "fail": 0, "error": 0},
+    }
+    merged = json.loads((tmp_path / "iter-01" / "result.json").read_text())
+    assert [s["name"] for s in merged["scenarios"]] == ["lifecycle", "smoke"]
+    assert sorted(j["scenarios"][0] for j in merged["config"]["jobs"]) == ["lifecycle", "smoke"]
+    for job in merged["config"]["jobs"]:
+        assert json.loads((tmp_path / "iter-01" / "jobs" / job["job"].split("/")[1] / "result.json").read_text())
+    assert "flake summary over 2 iterations" in proc.stderr
