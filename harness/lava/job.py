@@ -33,6 +33,7 @@ from harness.lava.script import GuestCommand, Script, ScriptStep
 
 JOB_FORMAT = "1"  # in the job's declaration line; bumped when the typed protocol changes
 WAIT_PROMPT = "@@lava-wait"
+BYE = "@@lava-bye"
 STEP_MARKER = "@@lava-step"
 DECLARATION = ": cma-harness-lava"  # a no-op line naming what the job runs: import reads it from the log
 DEPLOY_SECONDS = 300  # a download from the farm's artifact server (not a guest timeout: not in the target)
@@ -98,7 +99,7 @@ def block_name(scenario: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", scenario)
 
 
-def interactive_blocks(script: Script, kernel: dict[str, Any]) -> list[dict[str, Any]]:
+def interactive_blocks(script: Script, kernel: dict[str, Any], power_off: bool = True) -> list[dict[str, Any]]:
     blocks = []
     for number, compiled in enumerate(script.scenarios):
         entries: list[dict[str, Any]] = []
@@ -110,6 +111,15 @@ def interactive_blocks(script: Script, kernel: dict[str, Any]) -> list[dict[str,
             entries += step_entries(step)
         if number == len(script.scenarios) - 1:
             entries.append({"command": f"{guest_line(script.report)}; __lw"})
+            if power_off:
+                # As a local run ends: the guest powers off, QEMU exits, the dispatcher need not wait for it.
+                entries.append(
+                    {
+                        "command": "printf '@@%s\\n' lava-bye; poweroff -f",
+                        "successes": [{"message": BYE}],
+                        "wait_for_prompt": False,
+                    }
+                )
         blocks.append({"name": block_name(compiled.scenario.name), "prompts": [WAIT_PROMPT], "script": entries})
     return blocks
 
@@ -212,7 +222,12 @@ def job_definition(
         "actions": [
             {"deploy": deploy | {"timeout": {"seconds": DEPLOY_SECONDS}}},
             {"boot": boot | {"timeout": {"seconds": limits["boot"]}, "prompts": [READY_MARKER]}},
-            {"test": {"timeout": {"seconds": limits["test"]}, "interactive": interactive_blocks(script, kernel)}},
+            {
+                "test": {
+                    "timeout": {"seconds": limits["test"]},
+                    "interactive": interactive_blocks(script, kernel, power_off=device_type == "qemu"),
+                }
+            },
         ],
     }
     if device_type == "qemu":

@@ -21,6 +21,7 @@ from harness.errors import ConfigError
 from harness.guest.console import split_kernel_lines
 
 SENDING = re.compile(r"^Sending '(.*)'$", re.S)
+ACTION = re.compile(r"^start: (\d+) (\S+)")  # a top-level action of the job (deploy, boot, test)
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,19 @@ class LogLine:
     t: float  # seconds since the job's first log line
 
 
+@dataclass(frozen=True)
+class Typed:
+    text: str  # a line the dispatcher typed on the console
+    t: float
+    at: int  # how many console lines had arrived when it was typed
+
+
 @dataclass
 class LavaLog:
     console: list[LogLine] = field(default_factory=list)  # the device's console, split like a local console
-    sent: list[LogLine] = field(default_factory=list)  # each command the dispatcher typed
+    sent: list[Typed] = field(default_factory=list)  # each line the dispatcher typed, in order
     results: list[dict[str, Any]] = field(default_factory=list)  # every `results` entry, in order
+    actions: list[Typed] = field(default_factory=list)  # each top-level action's start (text: its name)
     started: str = ""  # the first line's time (ISO)
     duration: float = 0.0  # first to last log line
 
@@ -108,14 +117,18 @@ def parse_log(text: str, source: str = "LAVA log") -> LavaLog:
         if when is not None and first is not None:
             now = (when - first).total_seconds()
         lvl, msg = entry["lvl"], entry["msg"]
-        if lvl == "target" and isinstance(msg, str):
+        # After the test action the dispatcher logs what the console still prints as `feedback`.
+        if lvl in ("target", "feedback") and isinstance(msg, str):
             # The dispatcher's logger wrote every '"' as '\"'.
             for piece in split_kernel_lines(msg.replace('\\"', '"')):
                 log.console.append(LogLine(piece, now))
         elif lvl == "info" and isinstance(msg, str):
             m = SENDING.match(msg)
             if m:
-                log.sent.append(LogLine(m.group(1), now))
+                log.sent.append(Typed(m.group(1), now, len(log.console)))
+            action = ACTION.match(msg)
+            if action:
+                log.actions.append(Typed(action.group(2), now, len(log.console)))
         elif lvl == "results" and isinstance(msg, dict):
             log.results.append(msg)
     return log

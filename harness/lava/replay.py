@@ -39,7 +39,7 @@ from harness.run.result import RunResult, TransportKind, Verdict
 from harness.run.session import add_scenario
 from harness.scenario.loader import resolve_scenarios
 from harness.scenario.model import StepResult
-from harness.scenario.runner import ScenarioRunner
+from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 BEGIN = re.compile(r"^@@(\d+) B$")
 TYPED = re.compile(r"^__lc (\d+) ")
@@ -119,9 +119,9 @@ class RecordedTransport:
         self.pos = max(self.pos, index)
 
     def barrier(self, _marker: str = "") -> None:
-        """What the console showed until the next command began belongs to the step that just ran."""
-        nxt = next((i for i in range(self.pos, len(self.lines)) if BEGIN.match(self.lines[i].text)), len(self.lines))
-        self.feed_until(nxt)
+        """What the console showed until the dispatcher typed the next line belongs to the step that just ran
+        (kernel messages a command causes arrive before its framed output, which the guest prints at its end)."""
+        self.feed_until(min((s.at for s in self.log.sent if s.at >= self.pos), default=len(self.lines)))
 
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
         found = next((k for k, c in enumerate(self.pending) if c.resolve(self.pids) == command), None)
@@ -215,7 +215,8 @@ def import_log(
     )
     record.kernel = {k: declared[k] for k in ("package", "version", "release") if k in declared}
     kernel_log, detector = KernelLog(), FaultDetector()
-    ready = next((i for i, line in enumerate(log.console) if line.text == READY_MARKER), None)
+    # startswith: a host pty may echo the dispatcher's next line right after the marker, before its newline.
+    ready = next((i for i, line in enumerate(log.console) if line.text.startswith(READY_MARKER)), None)
     boot_end = ready if ready is not None else len(log.console)
     boot_lines = [line.text for line in log.console[:boot_end]]
     for text in boot_lines:
@@ -239,7 +240,9 @@ def import_log(
     record.cma = {"size_mib": reservation.size_mib, "base": hex(reservation.base)} if reservation else {}
     if reservation is None:
         record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
-    record.timings["boot"] = round(log.console[ready].t - log.console[0].t, 4) if log.console else 0.0
+    # From the start of the job's boot action to the shell (the console is logged as the dispatcher reads it).
+    boot_started = max((a.t for a in log.actions if a.at <= ready), default=0.0)
+    record.timings["boot"] = round(log.console[ready].t - boot_started, 4)
 
     transport = RecordedTransport(log, script.commands, kernel_log, detector, ready + 1)
     aborted = False
@@ -254,6 +257,7 @@ def import_log(
                 record.problems.append(f"scenario {scenario.name} did not run: {exc.message}")
                 aborted = True
                 continue
+
         def set_step(step: str, name: str = scenario.name) -> None:
             transport.set_step(f"{name} {step}")
 
@@ -270,6 +274,7 @@ def import_log(
             runner.run_scenario(scenario)
         finally:
             if runner.outcome is not None:
+                recorded_durations(runner.outcome)
                 farm_verdicts(runner.outcome.steps, log, scenario.name)
                 add_scenario(record, runner.outcome)
                 record.timings["scenario"] = round(record.timings.get("scenario", 0.0) + runner.outcome.duration, 4)
@@ -295,6 +300,13 @@ def import_log(
     record.timings["total"] = round(log.duration, 4)
     record.write(out / "result.json")
     return record
+
+
+def recorded_durations(outcome: ScenarioResult) -> None:
+    """The farm's times, not the replay's: a step took what its commands took on the device."""
+    for step in outcome.steps:
+        step.duration = round(sum(c.duration for c in step.commands), 4)
+    outcome.duration = round(sum(step.duration for step in outcome.steps), 4)
 
 
 def farm_verdicts(steps: list[StepResult], log: LavaLog, scenario: str) -> None:
