@@ -36,6 +36,14 @@ WAIT_PROMPT = "@@lava-wait"
 BYE = "@@lava-bye"
 STEP_MARKER = "@@lava-step"
 DECLARATION = ": cma-harness-lava"  # a no-op line naming what the job runs: import reads it from the log
+# Console lines after which the guest may never answer again (the local run's fatal faults, harness/oracles/
+# faults.py FATAL_KINDS). The dispatcher waits for a prompt until the whole test action times out, so each
+# line of the job also watches for these and stops the test at once (locally: 5 s of grace after one).
+FATAL = (
+    "Kernel panic - not syncing|Internal error: Oops|Unable to handle kernel|kernel BUG at|"
+    "blocked for more than [0-9]+ seconds|detected stalls on CPUs|soft lockup - CPU"
+)
+FATAL_FAILURE = {"message": f"({FATAL})", "exception": "TestError", "error": "kernel fault on the console"}
 DEPLOY_SECONDS = 300  # a download from the farm's artifact server (not a guest timeout: not in the target)
 MARGIN_SECONDS = 60  # dispatcher start-up, image copies and hashing, finalize
 
@@ -79,15 +87,17 @@ def parse_declaration(line: str) -> dict[str, str] | None:
 
 def step_entries(step: ScriptStep) -> list[dict[str, Any]]:
     """One interactive script entry per guest command; the last is the named test case."""
-    entries: list[dict[str, Any]] = [{"command": f"{guest_line(c)}; __lw"} for c in step.commands[:-1]]
+    entries: list[dict[str, Any]] = [
+        {"command": f"{guest_line(c)}; __lw", "failures": [FATAL_FAILURE]} for c in step.commands[:-1]
+    ]
     last = f"{guest_line(step.commands[-1])}; " if step.commands else ""
     marker = f"{STEP_MARKER} {step.case}"
     entries.append(
         {
             "command": f"{last}__ls {step.case}",
             "name": step.case,
-            "successes": [{"message": re.escape(f"{marker} pass")}],
-            "failures": [{"message": re.escape(f"{marker} fail")}],
+            "successes": [{"message": f"{marker} pass"}],
+            "failures": [{"message": f"{marker} fail"}, FATAL_FAILURE],
             "wait_for_prompt": False,
         }
     )

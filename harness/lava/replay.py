@@ -38,7 +38,7 @@ from harness.oracles.faults import FaultDetector
 from harness.run.result import RunResult, TransportKind, Verdict
 from harness.run.session import add_scenario
 from harness.scenario.loader import resolve_scenarios
-from harness.scenario.model import StepResult
+from harness.scenario.model import StepResult, StepStatus
 from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 BEGIN = re.compile(r"^@@(\d+) B$")
@@ -310,9 +310,12 @@ def recorded_durations(outcome: ScenarioResult) -> None:
 
 
 def farm_verdicts(steps: list[StepResult], log: LavaLog, scenario: str) -> None:
-    """A step whose test case failed on the farm (the guest-side check) fails here too."""
+    """A step whose test case failed on the farm (the guest-side check) fails here too (said only where the
+    host's judgement found nothing: the two checks should agree)."""
     cases = log.cases(block_name(scenario))
     for step in steps:
+        if step.status != StepStatus.PASS:
+            continue
         prefix = f"{step.index:02d}-"
         failed = [c for c, result in cases.items() if c.startswith(prefix) and result == "fail"]
         for case in failed:
