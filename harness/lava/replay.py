@@ -17,6 +17,7 @@ the log's ending named, as a guest that stopped answering does locally.
 
 from __future__ import annotations
 
+import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,14 @@ def check_typed(log: LavaLog, script: Script, source: str) -> None:
             )
 
 
+def read_log(path: Path) -> str:
+    """A log as saved (`.gz` too: a long job's log compresses tenfold)."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    return data.decode("utf-8", "replace")
+
+
 def _declared(log: LavaLog) -> dict[str, str]:
     for sent in log.sent:
         for part in sent.text.split("; "):
@@ -190,7 +199,8 @@ def import_log(
     log_path: Path, out: Path, *, target: Target | None = None, scenario_specs: list[str] | None = None
 ) -> RunResult:
     """Read a LAVA job log, replay it through the runner, write result.json, console.log and dmesg.txt."""
-    log = parse_log(log_path.read_text(errors="replace"), str(log_path))
+    text = read_log(log_path)
+    log = parse_log(text, str(log_path))
     declared = _declared(log)
     if target is None:
         if "target" not in declared:
@@ -205,7 +215,7 @@ def import_log(
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "console.log").write_text("".join(line.text + "\n" for line in log.console))
-    (out / "lava.log").write_text(log_path.read_text(errors="replace"))
+    (out / "lava.log").write_text(text)
     record = RunResult(
         target=target.name,
         scenario=",".join(s.name for s in scenarios),
