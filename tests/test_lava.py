@@ -202,3 +202,17 @@ def test_a_command_too_long_for_the_console_is_refused_with_its_line(target, tmp
     scenario.write_text(f"name: long\ndescription: d\nsteps:\n  - shell: {{run: 'echo {'x' * 4000}'}}\n")
     with pytest.raises(ConfigError, match=r"long.yaml:4: step 'shell.*does not fit a console line"):
         compile_script(target, [load_scenario(scenario)])
+
+
+def test_the_servers_log_as_lavacli_fetches_it_imports_the_same(tmp_path):
+    # `lavacli jobs logs --raw ID` prints each entry as a YAML flow mapping, every scalar double-quoted.
+    entries = [yaml.safe_load(line) for line in gzip.decompress(CLEAN.read_bytes()).decode().splitlines()]
+    raw = "".join(
+        "- " + yaml.dump(e, default_flow_style=True, default_style='"', width=10**6)[:-1] + "\n" for e in entries
+    )
+    log = tmp_path / "server.log"
+    log.write_text(raw)
+    served = import_log(log, tmp_path / "served")
+    local = import_log(CLEAN, tmp_path / "local")
+    assert served.verdict == local.verdict == "pass"
+    assert [s.to_json() for s in served.steps] == [s.to_json() for s in local.steps]
