@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from harness import paths
@@ -60,6 +59,8 @@ def cmd_lava_job(args: argparse.Namespace) -> int:
 
 
 def cmd_import_lava(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from harness.report.terminal import print_summary
 
     log = Path(args.log)
@@ -68,9 +69,6 @@ def cmd_import_lava(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path.cwd() / "runs" / f"lava-{log.stem}"
     target = resolve_target(args.target) if args.target else None
     record = import_log(log, out.resolve(), target=target, scenario_specs=args.scenario)
-    from rich.console import Console
-
     print_summary(record, out, Console(stderr=True, highlight=False))
-    if sys.stdout is not None:
-        print(out)
+    print(out)
     return record.exit_code
