@@ -35,4 +35,7 @@ BASE = (
 EXTRAS: dict[str, tuple[Requirement, ...]] = {
     "browser": (Requirement("chromium", "render HTML reports headless (the report's browser test)"),),
     "ssh-client": (Requirement("openssh-client", "log in to a `boot --transport ssh` guest with the stock client"),),
+    "lava": (
+        Requirement("lava-dispatcher", "run an exported LAVA job offline with `lava-run` (tests/guest/test_lava.py)"),
+    ),
 }

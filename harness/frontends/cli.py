@@ -90,6 +90,22 @@ def _parser() -> argparse.ArgumentParser:
 
     add_fuzz(sub)
 
+    p = sub.add_parser("lava-job", help="write a LAVA job definition (and its artifacts) that runs scenarios on a farm")
+    p.add_argument("--target", default="arm64-virt", help="target name or YAML path (default arm64-virt)")
+    p.add_argument("--scenario", action="append", help="scenario name, YAML path or folder; repeat (default smoke)")
+    p.add_argument("--kmod", help="driver source folder (default: the project's kmod/)")
+    p.add_argument("--device-type", default="qemu", help="LAVA device type (default qemu; others: TFTP + U-Boot)")
+    p.add_argument("--artifact-url", help="where the farm fetches the artifacts (default: file:// URLs of the copies)")
+    p.add_argument("--out", help="the job file; artifacts go next to it (default ./lava-TARGET-SCENARIOS/job.yaml)")
+    p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
+    add_cache(p)
+
+    p = sub.add_parser("import-lava", help="turn a LAVA job log into a run directory (result.json, console, dmesg)")
+    p.add_argument("log", metavar="LOG", help="the job's log (`lava-run` output or `lavacli jobs logs --raw ID`)")
+    p.add_argument("--out", help="run directory (default ./runs/lava-LOGNAME)")
+    p.add_argument("--target", help="the target the job was exported for (default: as the job declares)")
+    p.add_argument("--scenario", action="append", help="the scenario files it was exported from (default: declared)")
+
     sub.add_parser("targets", help="list targets")
     sub.add_parser("scenarios", help="list scenarios")
     return parser
@@ -229,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             from harness.frontends.heap_compare import cmd_heap_compare
 
             return cmd_heap_compare(args)
+        if args.command in ("lava-job", "import-lava"):
+            from harness.lava.commands import cmd_import_lava, cmd_lava_job
+
+            return cmd_lava_job(args) if args.command == "lava-job" else cmd_import_lava(args)
         if args.command in ("report", "compare"):
             from harness.frontends.cli_reports import cmd_compare, cmd_report
 

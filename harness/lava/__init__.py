@@ -1,0 +1,1 @@
+"""LAVA: scenarios as LAVA jobs (export, device dictionary) and LAVA job logs as ordinary run directories (import)."""
