@@ -248,7 +248,7 @@ VARIANTS = [
         (),
         "smoke",
         ((FREE_PATH, "\t*(volatile unsigned long *)16 = 0;\n" + FREE_PATH),),
-        r"kernel oops: Unable to handle kernel NULL pointer dereference in cma_mem_ioc(tl|_unmap)",
+        r"kernel oops: BUG: unable to handle kernel NULL pointer dereference in cma_mem_ioc(tl|_unmap)",
     ),
 ]
 
