@@ -30,7 +30,9 @@ def print_summary(record: RunResult, out: Path, console: Any) -> None:
     for step in record.steps:
         for problem in step.problems:
             where = f"{step.scenario} step {step.index}"
-            console.print(f"[red]FAIL[/red] {where} ({step.name}): {problem}", soft_wrap=True)
+            # An interrupted step (status error) is the environment's, not a failure of the driver.
+            label = "[magenta]ERROR[/magenta]" if step.status == "error" else "[red]FAIL[/red]"
+            console.print(f"{label} {where} ({step.name}): {problem}", soft_wrap=True)
     for event in group_events(record.kernel_events):
         times = f" (x{event['count']})" if event["count"] != 1 else ""
         console.print(
