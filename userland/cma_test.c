@@ -242,6 +242,20 @@ static void drop_request_fifo(void)
 	S.req_path = NULL;
 }
 
+/* Room for one more element in a growing array (doubling); out of memory ends the program. */
+static void *grow(void *arr, size_t n, size_t *cap, size_t elem)
+{
+	if (n < *cap)
+		return arr;
+	*cap = *cap ? 2 * *cap : 16;
+	arr = realloc(arr, *cap * elem);
+	if (!arr) {
+		perror("realloc");
+		exit(1);
+	}
+	return arr;
+}
+
 static struct cma_mem_block *find_blk(const char *name)
 {
 	size_t i;
@@ -260,17 +274,7 @@ static void add_blk(const struct cma_mem_block *b)
 		*old = *b;
 		return;
 	}
-	if (S.nblk == S.capblk) {
-		size_t cap = S.capblk ? 2 * S.capblk : 16;
-		struct cma_mem_block *p = realloc(S.blk, cap * sizeof(*p));
-
-		if (!p) {
-			perror("realloc");
-			exit(1);
-		}
-		S.blk = p;
-		S.capblk = cap;
-	}
+	S.blk = grow(S.blk, S.nblk, &S.capblk, sizeof(*S.blk));
 	S.blk[S.nblk++] = *b;
 }
 
@@ -1037,17 +1041,7 @@ static struct hblk *find_hblk(const char *name)
 
 static void add_hblk(const struct hblk *b)
 {
-	if (H.nblk == H.capblk) {
-		size_t cap = H.capblk ? 2 * H.capblk : 16;
-		struct hblk *p = realloc(H.blk, cap * sizeof(*p));
-
-		if (!p) {
-			perror("realloc");
-			exit(1);
-		}
-		H.blk = p;
-		H.capblk = cap;
-	}
+	H.blk = grow(H.blk, H.nblk, &H.capblk, sizeof(*H.blk));
 	H.blk[H.nblk++] = *b;
 }
 

@@ -26,7 +26,7 @@ from typing import Any
 from harness import paths
 from harness.artifacts.build import tree_hash
 from harness.artifacts.cachelock import write_atomic
-from harness.artifacts.debian import busybox_set_key, kernel_set_key, read_lock
+from harness.artifacts.debian import busybox_set_key, kernel_set_key, read_lock, sha256_of
 from harness.artifacts.initramfs import decode_newc
 from harness.artifacts.kernels.source import source_set_key
 from harness.config.targets import Target
@@ -68,13 +68,6 @@ def _stat_key(kind: str, path: Path) -> str:
     return f"{kind}:{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _first_line(argv: list[str]) -> str:
     try:
@@ -97,7 +90,7 @@ def artifact(memo: _Memo, path: Path | None) -> dict[str, Any] | None:
     return {
         "path": str(path),
         "size": path.stat().st_size,
-        "sha256": memo.get(_stat_key("sha256", path), lambda: file_sha256(path)),
+        "sha256": memo.get(_stat_key("sha256", path), lambda: sha256_of(path)),
     }
 
 
