@@ -10,6 +10,11 @@ medians are reported, and the ratio of medians.
 
     python benchmarks/cycle.py [--runs 5] [--target arm64-virt [--target armv7-virt ...]] [--scenario smoke]
 
+`--scenario benchmarks/one-command.yaml` is the fixed-cost yardstick: one shell command, so
+run minus bare is what the harness itself adds. Each run's time is split into phases: start-up
+(process start to the session: interpreter, imports, parsing), the stages from result.json,
+and exit (result.json written to process exit: the summary, interpreter teardown).
+
 With several targets, each gets its own floor (its own kernel and QEMU), and a
 Markdown table of all of them ends the output.
 """
@@ -95,7 +100,9 @@ def main() -> None:
         added = med_full - med_bare
         print(f"ratio run/bare          {med_full / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
         for stage in stages[0]:
-            print(f"  stage {stage:<15} median {statistics.median(s[stage] for s in stages):6.3f} s")
+            print(f"  phase {stage:<15} median {statistics.median(s[stage] for s in stages):6.3f} s")
+        exits = [w - s.get("start-up", 0.0) - s["total"] for w, s in zip(full, stages, strict=True)]
+        print(f"  phase {'exit':<15} median {statistics.median(exits):6.3f} s  (wall - start-up - total)")
         pre_boot = statistics.median(
             sum(s.get(k, 0.0) for k in ("setup", "images", "build kmod", "build userland", "initramfs")) for s in stages
         )
