@@ -157,7 +157,6 @@ def cmd_list(kind: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import paths
     from harness.config.targets import resolve_targets
-    from harness.report.terminal import print_matrix, print_summary
     from harness.run.result import TransportKind
     from harness.run.session import RunOptions, default_run_dir, execute, exit_code
     from harness.scenario.loader import resolve_scenarios
@@ -191,16 +190,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             update=args.update,
             install=not args.no_install,
             transport=TransportKind(args.transport),
+            while_booting=_import_reports,
         )
         if len(targets) > 1:
             console.print(f"[bold]target {target.name}[/bold]")
         record = execute(opts, on_stage, lambda msg: console.print(f"  [dim]{msg}[/dim]"))
+        from harness.report.terminal import print_matrix, print_summary
+
         print_summary(record, target_out, console)
         records.append(record)
     if len(records) > 1:
         print_matrix(records, out, console)
     # The worst outcome wins: infrastructure error (3) over failure (1) over pass (0).
     return max(exit_code(r) for r in records)
+
+
+def _import_reports() -> None:
+    # While the guest boots: the summary's imports (rich's tables, the event grouping).
+    import rich.table  # noqa: F401
+
+    import harness.report.terminal  # noqa: F401
 
 
 def cmd_boot(args: argparse.Namespace) -> int:

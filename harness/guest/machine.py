@@ -1,4 +1,9 @@
-"""A booted guest: QEMU + console listeners + boot facts + a transport. Used by `run` and tests."""
+"""A booted guest: QEMU + console listeners + boot facts + a transport. Used by `run` and tests.
+
+Only what starting QEMU needs is imported with this module: the transports and the fault
+detector (its title rules take ~50 ms to compile) are imported after QEMU has been spawned,
+while the guest boots (`spawn()` then `wait_ready()`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from harness.config.targets import Target
 from harness.errors import GuestError
@@ -17,13 +22,18 @@ from harness.guest import guestinit
 from harness.guest.console import Console, ConsoleClosed, ConsoleLine
 from harness.guest.kernel_log import KernelLog
 from harness.guest.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
-from harness.guest.transport.base import Transport
-from harness.guest.transport.serial import SerialTransport
-from harness.guest.transport.ssh import BARRIER, ClientKey, SshTransport, connect, pinned_host_key, write_known_hosts
-from harness.oracles.dmesg import CmaReservation, parse_checkers, parse_reservation
-from harness.oracles.faults import FaultDetector, KernelEvent
+
+if TYPE_CHECKING:
+    from harness.guest.transport.base import Transport
+    from harness.guest.transport.serial import SerialTransport
+    from harness.guest.transport.ssh import ClientKey
+    from harness.oracles.dmesg import CmaReservation
+    from harness.oracles.faults import FaultDetector, KernelEvent
 
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
+# The SSH transport's /dev/kmsg barrier marker (harness.guest.transport.ssh.BARRIER, asserted
+# equal in the tests), here so that reading the console does not import the SSH client.
+BARRIER = "cma-harness: barrier"
 
 
 @dataclass
@@ -63,7 +73,7 @@ class Guest:
         self.serial: SerialTransport | None = None
         self.facts = BootFacts()
         self.kernel_log = KernelLog()
-        self.detector = FaultDetector()
+        self.detector: FaultDetector | None = None  # made by spawn(), once QEMU runs
         self.step = "boot"
         self.on_spawn: Callable[[int], None] | None = None  # told QEMU's pid as soon as it exists
         self._barriers: set[str] = set()
@@ -79,18 +89,39 @@ class Guest:
                     self._barrier_seen.notify_all()
                 return  # step bookkeeping, not the kernel's words
             self.kernel_log.lines.append((self.step, line.text))
+        assert self.detector is not None
         self.detector.feed(line.text, self.step)
         if line.text.startswith(guestinit.BOOT_PREFIX):
             self.facts.boot_lines.append(line.text[len(guestinit.BOOT_PREFIX) :])
 
     def events(self) -> list[KernelEvent]:
         # Includes an event whose report is still arriving: a hang or panic may never close it.
-        return self.detector.snapshot()
+        return self.detector.snapshot() if self.detector is not None else []
 
     def start(self) -> Guest:
+        """Spawn QEMU and wait for the guest's shell."""
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> Guest:
+        """Start QEMU and return at once: the guest boots while the caller does other work.
+        Its console output waits in the pty until `wait_ready()` reads it."""
         self.qemu.start()
-        if self.on_spawn is not None and self.qemu.pid is not None:
-            self.on_spawn(self.qemu.pid)
+        try:
+            if self.on_spawn is not None and self.qemu.pid is not None:
+                self.on_spawn(self.qemu.pid)
+            from harness.oracles.faults import FaultDetector  # while QEMU starts
+
+            self.detector = FaultDetector()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> Guest:
+        """Read the console until the guest's /init says it is ready; the boot facts, the transport."""
+        from harness.guest.transport.serial import SerialTransport
+
         self.console = Console(self.qemu.child, self.console_log, self.qemu.started_at)
         self.console.add_listener(self._on_line)
         try:
@@ -107,11 +138,15 @@ class Guest:
         text = "\n".join(self.facts.boot_lines)
         m = re.search(r"release=(\S+)", text)
         self.facts.release = m.group(1) if m else ""
+        from harness.oracles.dmesg import parse_checkers, parse_reservation
+
         self.facts.reservation = parse_reservation(text)
         self.facts.checkers = parse_checkers(text)
         self.step = "ready"
+        detector = self.detector
+        assert detector is not None
         self.serial = SerialTransport(
-            self.console, self.target.timeouts.command, fatal_count=lambda: self.detector.fatal_count
+            self.console, self.target.timeouts.command, fatal_count=lambda: detector.fatal_count
         )
         self.transport = self.serial
         if self.ssh is not None:
@@ -123,6 +158,8 @@ class Guest:
         return self
 
     def _start_ssh(self, ssh: SshSetup) -> None:
+        from harness.guest.transport.ssh import SshTransport, connect, pinned_host_key, write_known_hosts
+
         text = "\n".join(self.facts.boot_lines)
         errors = re.findall(r"^ssh-error (.*)$", text, re.M)
         if errors:
@@ -208,8 +245,11 @@ class Guest:
         return not self.qemu.alive()
 
     def _close_ssh(self) -> None:
-        if isinstance(self.transport, SshTransport):
-            self.transport.close()
+        if self.ssh is not None:  # only then is the SSH client imported
+            from harness.guest.transport.ssh import SshTransport
+
+            if isinstance(self.transport, SshTransport):
+                self.transport.close()
         self.stop_console_pump()  # the main thread owns the console again
 
     def stop(self) -> None:
@@ -221,7 +261,8 @@ class Guest:
             with contextlib.suppress(GuestError, OSError, ValueError):
                 self.console.drain(0)
         self.qemu.stop()
-        self.detector.finish()
+        if self.detector is not None:
+            self.detector.finish()
 
     def tail(self, n: int = 40) -> str:
         return self.console.tail(n) if self.console else ""

@@ -22,7 +22,6 @@ from harness.config.targets import Target
 from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles
-from harness.guest.shell import RESET_COMMAND
 from harness.run.result import (
     RunResult,
     ScenarioSummary,
@@ -32,11 +31,10 @@ from harness.run.result import (
     error_verdict,
 )
 from harness.scenario.model import Scenario, StepStatus
-from harness.scenario.runner import ScenarioResult, ScenarioRunner
-from harness.scenario.steps import fit_problems
 
 if TYPE_CHECKING:
     from harness.guest.machine import Guest, SshSetup
+    from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
 
@@ -51,6 +49,9 @@ class RunOptions:
     update: bool = False
     install: bool = True
     transport: TransportKind = TransportKind.SERIAL
+    # Called once QEMU has been spawned, while the guest boots: a front end imports and prepares
+    # what it needs after the guest (its report, say) there, off the critical path.
+    while_booting: Callable[[], None] | None = None
 
 
 class Stages:
@@ -148,6 +149,8 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
 
 def check_fit(scenarios: list[Scenario], target: Target) -> None:
     """Refuse, before anything is built or booted, a scenario that asks for more CMA than the target has."""
+    from harness.scenario.steps import fit_problems
+
     cma = target.cma_mib << 20
     problems = [p for s in scenarios for p in fit_problems(s.resolved(cma).steps, cma, str(s.path))]
     if problems:
@@ -190,13 +193,29 @@ def prepare_artifacts(opts: RunOptions, log: Callable[[str], None] = print) -> B
     return prepare(opts, Stages(record, lambda name, event, seconds: None), record, log)
 
 
+def warm_up() -> None:
+    """Import what runs after the boot (the scenario runner, its oracles): called while the guest
+    boots, so the imports cost nothing on the way to the verdict."""
+    import harness.scenario.runner  # noqa: F401
+
+
 def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunResult) -> Guest:
-    from harness.guest.machine import Guest  # lazy: pulls in pexpect
+    from harness.guest.machine import Guest
 
     with stage("boot"):
         guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
         guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
-        guest.start()
+        guest.spawn()
+        try:
+            # QEMU is booting the kernel (a second or more under TCG): the host's own work
+            # meanwhile is free. The console waits in the pty.
+            warm_up()
+            if opts.while_booting is not None:
+                opts.while_booting()
+        except BaseException:
+            guest.stop()
+            raise
+        guest.wait_ready()
     record.kernel["booted_release"] = guest.facts.release
     record.kernel["checkers"] = guest.facts.checkers
     res = guest.facts.reservation
@@ -234,6 +253,8 @@ def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
 
 
 def _run_scenario(guest: Guest, scenario: Scenario, record: RunResult) -> ScenarioRunner:
+    from harness.scenario.runner import ScenarioRunner
+
     runner = ScenarioRunner.for_guest(guest, scenario.name)
     try:
         runner.run_scenario(scenario)
@@ -269,6 +290,8 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     if guest is None:
                         guest = boot_guest(opts, stage, boot, console_log, record)
                     elif index:
+                        from harness.guest.shell import RESET_COMMAND
+
                         assert guest.transport is not None
                         guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
                     with stage("scenario"):
@@ -291,7 +314,8 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         guest.set_step("report")
                         dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
                         (opts.out / "dmesg.txt").write_text(dmesg.stdout)
-                        guest.poweroff()
+                        # Everything is saved: QEMU is stopped below without waiting for the guest
+                        # to power off (nothing in it needs a clean shutdown; it has no disk).
             finally:
                 if guest is not None:
                     guest.stop()

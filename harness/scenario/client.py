@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from harness.errors import GuestSetupError
 from harness.guest.kernel_log import KernelLog
@@ -18,9 +19,13 @@ from harness.guest.transport.base import CommandResult, Transport
 from harness.oracles.checks import Extent, dump_mem_problems, overlap_problems, placement_problems
 from harness.oracles.cmatest import CmaRecord, parse_records
 from harness.oracles.dmesg import CmaReservation, DumpMemRecord
-from harness.oracles.faults import KernelEvent, kmemleak_events
 from harness.oracles.symbolize import Symbol, parse_section_bases, symbolize
 from harness.scenario.model import Block, CommandRecord, StepResult, StepStatus
+
+if TYPE_CHECKING:
+    # Imported when a kmemleak report is read: loading scenarios (before boot) need not pay
+    # for compiling the fault title rules.
+    from harness.oracles.faults import KernelEvent
 
 
 @dataclass
@@ -162,6 +167,8 @@ class DriverClient:
             self.module_loads.append(bases)
 
     def check_kmemleak(self, result: StepResult, report: str) -> None:
+        from harness.oracles.faults import kmemleak_events
+
         text = symbolize(report, self.module_loads, self.module_symbols, MODULE)
         for event in kmemleak_events(text, step=result.name):
             self.extra_events.append(event)
