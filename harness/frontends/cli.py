@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kmod", help="driver source folder to build and test (default: the project's kmod/)")
     p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="how commands reach the guest")
+    p.add_argument(
+        "--snapshot",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: restore the booted guest from a cached snapshot (made on first use) instead of booting; "
+        "off: always boot (default auto)",
+    )
     p.add_argument("--out", help="run directory (default ./runs/<timestamp>)")
     p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
@@ -191,6 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             install=not args.no_install,
             transport=TransportKind(args.transport),
             while_booting=_import_reports,
+            snapshot=args.snapshot,
         )
         if len(targets) > 1:
             console.print(f"[bold]target {target.name}[/bold]")

@@ -52,6 +52,9 @@ class RunOptions:
     # Called once QEMU has been spawned, while the guest boots: a front end imports and prepares
     # what it needs after the guest (its report, say) there, off the critical path.
     while_booting: Callable[[], None] | None = None
+    # "auto": restore the guest from a snapshot of a booted base guest where one can be used
+    # (made on first use); "off": always boot. Front ends other than `run` boot.
+    snapshot: str = "off"
 
 
 class Stages:
