@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING
 from harness.config.targets import Target
 from harness.errors import GuestError
 from harness.guest import guestinit
-from harness.guest.console import Console, ConsoleClosed, ConsoleLine
+from harness.guest.console import Console, ConsoleClosed, ConsoleLine, ConsoleTimeout
 from harness.guest.kernel_log import KernelLog
 from harness.guest.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
 
@@ -59,14 +59,26 @@ class Guest:
     """Boot with `start()`, use `.transport`, always `stop()` (or use as a context manager)."""
 
     def __init__(
-        self, target: Target, boot: BootFiles, console_log: IO[bytes] | None = None, ssh: SshSetup | None = None
+        self,
+        target: Target,
+        boot: BootFiles,
+        console_log: IO[bytes] | None = None,
+        ssh: SshSetup | None = None,
+        *,
+        extra_args: list[str] | None = None,
+        replay: list[str] | None = None,
     ) -> None:
+        """extra_args: more QEMU arguments (a snapshot's -incoming, -fw_cfg, -qmp). replay: the
+        console lines of the boot this guest is restored from, handed to the console as if they
+        had just arrived (a restored guest prints no boot of its own)."""
         self.target = target
         self.boot = boot
         self.ssh = ssh
-        extra_args = ssh_netdev_args(ssh.port) if ssh else []
+        more = (ssh_netdev_args(ssh.port) if ssh else []) + list(extra_args or [])
         append = [ssh.key.cmdline_arg] if ssh else []
-        self.qemu = QemuProcess(qemu_command(target, boot, append, extra_args))
+        self.qemu = QemuProcess(qemu_command(target, boot, append, more))
+        self.replay = replay
+        self.boot_transcript: list[str] = []  # every console line up to the ready marker
         self.console_log = console_log
         self.console: Console | None = None
         self.transport: Transport | None = None
@@ -82,6 +94,8 @@ class Guest:
         self._pump_stop = threading.Event()
 
     def _on_line(self, line: ConsoleLine) -> None:
+        if self.step == "boot":
+            self.boot_transcript.append(line.text)
         if KERNEL_LINE.match(line.text):
             if BARRIER in line.text:
                 with self._barrier_seen:
@@ -124,6 +138,8 @@ class Guest:
 
         self.console = Console(self.qemu.child, self.console_log, self.qemu.started_at)
         self.console.add_listener(self._on_line)
+        if self.replay is not None:
+            self.console.replay(self.replay)
         try:
             self.console.wait_for(lambda s: s == guestinit.READY_MARKER, self.target.timeouts.boot, "the guest shell")
         except GuestError as exc:
@@ -134,6 +150,12 @@ class Guest:
         except BaseException:
             self.stop()
             raise
+        if self.replay is not None:
+            try:
+                self._resync()
+            except BaseException:
+                self.stop()
+                raise
         self.facts.ready_after = time.monotonic() - self.qemu.started_at
         text = "\n".join(self.facts.boot_lines)
         m = re.search(r"release=(\S+)", text)
@@ -156,6 +178,24 @@ class Guest:
                 self.stop()
                 raise
         return self
+
+    def _resync(self) -> None:
+        """A restored guest's shell, reached over a console that is new to it: a byte sent while
+        QEMU is still loading the state is lost (the UART is reset, then overwritten), so each try
+        starts with a newline of its own and waits for its own echo. Returns once the guest runs."""
+        assert self.console is not None
+        deadline = time.monotonic() + self.target.timeouts.boot
+        for attempt in range(1, 1000):
+            marker = f"@@sync {attempt}"
+            self.console.send_line(f"\necho '{marker}'")
+            try:
+                self.console.wait_for(marker.__eq__, min(2.0, max(deadline - time.monotonic(), 0.1)), marker)
+                return
+            except ConsoleTimeout as exc:
+                if time.monotonic() >= deadline:
+                    exc.message = "the restored guest did not answer on its console"
+                    exc.args = (exc.message,)
+                    raise
 
     def _start_ssh(self, ssh: SshSetup) -> None:
         from harness.guest.transport.ssh import SshTransport, connect, pinned_host_key, write_known_hosts

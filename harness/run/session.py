@@ -33,7 +33,9 @@ from harness.run.result import (
 from harness.scenario.model import Scenario, StepStatus
 
 if TYPE_CHECKING:
+    from harness.artifacts.debian import KernelImage
     from harness.guest.machine import Guest, SshSetup
+    from harness.guest.snapshot import Snapshot
     from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
@@ -110,8 +112,22 @@ def default_run_dir(base: Path | None = None) -> Path:
     return (base or Path.cwd() / "runs") / stamp
 
 
+@dataclass
+class Prepared:
+    """What prepare_run() hands to the boot: the files, and a snapshot to restore instead if one can be used."""
+
+    boot: BootFiles
+    snapshot: Snapshot | None = None
+    snapshot_note: str = ""  # why not, when one was asked for and cannot be used
+
+
 def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[str], None]) -> BootFiles:
     """Host tools, images, builds and the initramfs: everything before QEMU starts."""
+    return prepare_run(opts, stage, record, log).boot
+
+
+def prepare_run(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[str], None]) -> Prepared:
+    """prepare(), and with opts.snapshot "auto" the snapshot the boot may restore."""
     with stage("setup"):
         hosttools.ensure([opts.target], install=opts.install, log=log, cache=opts.cache)
     with stage("images"):
@@ -147,7 +163,27 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
         initrd = initramfs.cached_initramfs(
             opts.cache, files, guestinit.init_script(extra_init), guestinit.FORMAT_VERSION
         )
-    return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
+        prepared = Prepared(BootFiles(kernel.image, initrd, kernel.dtb, module=ko))
+        if opts.snapshot == "auto":
+            prepared.snapshot, prepared.snapshot_note = plan_snapshot(opts, kernel, userspace.busybox, cma_test, ko)
+    return prepared
+
+
+def plan_snapshot(
+    opts: RunOptions, kernel: KernelImage, busybox: Path, cma_test: Path, ko: Path
+) -> tuple[Snapshot | None, str]:
+    """The snapshot of this target's base guest (it may not be saved yet), or why there is none."""
+    if opts.transport != TransportKind.SERIAL:
+        return None, "snapshots are for the serial transport (an SSH guest's keys are made per run)"
+    from harness.guest import snapshot
+
+    modules, why = snapshot.disk_support(kernel.kdir / ".config", kernel.modules)
+    if why:
+        return None, why
+    try:
+        return snapshot.plan(opts.cache, opts.target, kernel.image, kernel.dtb, busybox, cma_test, ko, modules), ""
+    except (GuestError, OSError) as exc:
+        return None, f"no snapshot: {exc}"
 
 
 def check_fit(scenarios: list[Scenario], target: Target) -> None:
@@ -202,23 +238,45 @@ def warm_up() -> None:
     import harness.scenario.runner  # noqa: F401
 
 
-def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunResult) -> Guest:
+def start_guest(guest: Guest, opts: RunOptions) -> Guest:
+    """Spawn QEMU, do the host's own work while the guest boots, wait for the guest's shell."""
+    guest.spawn()
+    try:
+        # QEMU is booting the kernel (a second or more under TCG): the host's own work
+        # meanwhile is free. The console waits in the pty.
+        warm_up()
+        if opts.while_booting is not None:
+            opts.while_booting()
+    except BaseException:
+        guest.stop()
+        raise
+    return guest.wait_ready()
+
+
+def boot_guest(
+    opts: RunOptions,
+    stage: Stages,
+    boot: BootFiles,
+    console_log: IO[bytes],
+    record: RunResult,
+    prepared: Prepared | None = None,
+) -> Guest:
+    """A guest at its shell with the driver and cma_test in place: restored from the snapshot in
+    `prepared` when there is one (saved first if need be), else booted from `boot`."""
     from harness.guest.machine import Guest
 
     with stage("boot"):
-        guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
-        guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
-        guest.spawn()
-        try:
-            # QEMU is booting the kernel (a second or more under TCG): the host's own work
-            # meanwhile is free. The console waits in the pty.
-            warm_up()
-            if opts.while_booting is not None:
-                opts.while_booting()
-        except BaseException:
-            guest.stop()
-            raise
-        guest.wait_ready()
+        guest: Guest | None = None
+        info: dict[str, Any] = {"mode": "cold"}
+        if prepared is not None and prepared.snapshot_note:
+            info["note"] = prepared.snapshot_note
+        if prepared is not None and prepared.snapshot is not None:
+            guest, info = snapshot_guest(opts, prepared.snapshot, console_log)
+        if guest is None:
+            guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
+            guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
+            start_guest(guest, opts)
+    record.kernel["boot"] = info
     record.kernel["booted_release"] = guest.facts.release
     record.kernel["checkers"] = guest.facts.checkers
     res = guest.facts.reservation
@@ -226,6 +284,56 @@ def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO
     if res is None:
         record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
     return guest
+
+
+def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> tuple[Guest | None, dict[str, Any]]:
+    """The guest restored from snap (or, on first use, booted from its base image and saved), with
+    this build's driver and cma_test delivered; (None, why) when the run must boot instead."""
+    import shutil
+    import tempfile
+
+    from harness.guest import snapshot
+    from harness.guest.machine import Guest
+
+    restoring = snap.exists()
+    sockets = Path(tempfile.mkdtemp(prefix="cma-harness-"))  # a Unix socket path must be short
+    if restoring:
+        extra, replay = snap.restore_args(), snap.transcript()
+    else:
+        extra, replay = [*snap.disk_args(), "-qmp", f"unix:{sockets / 'qmp'},server=on,wait=off"], None
+    guest = Guest(opts.target, snap.base, console_log, extra_args=extra, replay=replay)
+    guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
+    info: dict[str, Any] = {"mode": "restored" if restoring else "cold", "snapshot": snap.key}
+    try:
+        start_guest(guest, opts)
+        if not restoring:
+            try:
+                info["save_seconds"] = round(
+                    snapshot.save(snap, sockets / "qmp", guest.boot_transcript, opts.target.timeouts.boot), 3
+                )
+                info["saved"] = True
+            except GuestError as exc:
+                info["note"] = f"the snapshot could not be saved: {exc.message}"
+        assert guest.serial is not None
+        out = guest.serial.run(snap.deliver_command(), timeout=opts.target.timeouts.boot)
+        wrong = snap.check_delivery(out.stdout) if out.status == 0 else f"unpacking failed ({out.status})"
+        if wrong:
+            raise GuestError(f"delivering the driver and cma_test: {wrong}", detail=out.stderr)
+        return guest, info
+    except GuestError as exc:
+        # Fall back to a normal boot, and say why; a snapshot that would not restore is made anew.
+        guest.stop()
+        if restoring:
+            snapshot.discard(snap)
+        console_log.seek(0)
+        console_log.truncate()
+        what = f"restoring snapshot {snap.key}" if restoring else "booting the snapshot's base image"
+        return None, {"mode": "cold", "snapshot": snap.key, "note": f"{what} failed ({exc.message}): booted instead"}
+    except BaseException:
+        guest.stop()
+        raise
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def ssh_setup(out: Path) -> SshSetup:
@@ -286,12 +394,13 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
     all_events: list[dict[str, Any]] = []
     try:
         check_fit(opts.scenarios, opts.target)
-        boot = prepare(opts, stage, record, log)
+        prepared = prepare_run(opts, stage, record, log)
+        boot = prepared.boot
         with (opts.out / "console.log").open("wb", buffering=0) as console_log:
             try:
                 for index, scenario in enumerate(opts.scenarios):
                     if guest is None:
-                        guest = boot_guest(opts, stage, boot, console_log, record)
+                        guest = boot_guest(opts, stage, boot, console_log, record, prepared)
                     elif index:
                         from harness.guest.shell import RESET_COMMAND
 
