@@ -367,6 +367,7 @@ def _run_scenario(guest: Guest, scenario: Scenario, record: RunResult) -> Scenar
     from harness.scenario.runner import ScenarioRunner
 
     runner = ScenarioRunner.for_guest(guest, scenario.name)
+    runner.defer_kmemleak = True  # swept once per guest: sweep_kmemleak()
     try:
         runner.run_scenario(scenario)
     finally:
@@ -398,9 +399,11 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         boot = prepared.boot
         with (opts.out / "console.log").open("wb", buffering=0) as console_log:
             try:
+                runners: list[ScenarioRunner] = []  # those that ran on this guest
                 for index, scenario in enumerate(opts.scenarios):
                     if guest is None:
                         guest = boot_guest(opts, stage, boot, console_log, record, prepared)
+                        runners = []
                     elif index:
                         from harness.guest.shell import RESET_COMMAND
 
@@ -408,6 +411,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
                     with stage("scenario"):
                         runner = _run_scenario(guest, scenario, record)
+                    runners.append(runner)
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
                         record.console_tail = runner.aborted.detail or guest.tail()
@@ -420,6 +424,9 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                             # No panic, oops or warning on the console: the emulator died (killed
                             # from outside, out of memory, a QEMU bug), not the driver's doing.
                             raise guest_died(record, dead, runner.aborted)
+                if guest is not None and runners:
+                    with stage("scenario"):
+                        sweep_kmemleak(guest, runners, record, opts.target.timeouts.command + 30)
                 with stage("report"):
                     if guest is not None:
                         assert guest.transport is not None
@@ -450,6 +457,20 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         record.timings["total"] = round(time.monotonic() - total_started, 4)
         record.write(opts.out / "result.json")
     return record
+
+
+def sweep_kmemleak(guest: Guest, runners: list[ScenarioRunner], record: RunResult, timeout: float) -> None:
+    """One kmemleak sweep for every capacity check the scenarios on this guest made: a leak fails
+    its check step and the step's scenario, as if the check had found it."""
+    from harness.scenario.kmemleak import sweep
+
+    guest.set_step("kmemleak sweep")
+    for leak in sweep([r.client for r in runners], timeout):
+        record.extra_events.append(leak.event.as_dict())
+        scenario = leak.result.scenario
+        for summary in record.scenarios:
+            if summary.name == scenario and summary.verdict == Verdict.PASS:
+                summary.verdict = Verdict.FAIL
 
 
 def guest_died(record: RunResult, guest: Guest, cause: GuestError) -> GuestDied:

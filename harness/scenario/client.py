@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import GuestSetupError
 from harness.guest.kernel_log import KernelLog
-from harness.guest.shell import MODULE, wait_gone
+from harness.guest.shell import MODULE, UPTIME_MARKER, wait_gone
 from harness.guest.transport.base import CommandResult, Transport
 from harness.oracles.checks import Extent, dump_mem_problems, overlap_problems, placement_problems
 from harness.oracles.cmatest import CmaRecord, parse_records
@@ -37,6 +37,26 @@ class RunState:
     capacity_check: int | None = None
     cma_used_baseline: int | None = None  # CMA debugfs pages in use, where the kernel has it
     allocated: list[Block] = field(default_factory=list)  # every allocation, freed or not (for the report)
+
+
+@dataclass
+class LeakCheck:
+    """A capacity step and the guest's uptime when it probed: the kmemleak sweep's window marks."""
+
+    at: float
+    result: StepResult
+    check: bool  # mode check (a baseline only opens the window)
+
+
+def parse_uptime(stdout: str) -> float | None:
+    """The guest uptime a command printed after UPTIME_MARKER (guest/shell.py), if any."""
+    for line in stdout.splitlines():
+        if line.startswith(UPTIME_MARKER):
+            try:
+                return float(line[len(UPTIME_MARKER) :].split()[0])
+            except (ValueError, IndexError):
+                return None
+    return None
 
 
 def extent(block: Block) -> Extent:
@@ -64,6 +84,7 @@ class DriverClient:
         self.module_symbols = module_symbols or []
         self.module_loads: list[dict[str, int]] = []  # section bases of each insmod, for symbolize()
         self.extra_events: list[KernelEvent] = []  # found outside the console (kmemleak scans)
+        self.leak_checks: list[LeakCheck] = []  # capacity steps, for the kmemleak sweep
         self.new_blocks: list[Block] = []  # allocations of the running step, for the dmesg check
         self.step_index = 0
 

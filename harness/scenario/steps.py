@@ -42,7 +42,7 @@ from harness.guest.shell import (
 from harness.oracles.checks import CAPACITY_CHUNKS, capacity_problems, rmmod_problems
 from harness.oracles.cmatest import parse_records
 from harness.oracles.ktap import parse_ktap, plan
-from harness.scenario.client import DriverClient
+from harness.scenario.client import DriverClient, LeakCheck, parse_uptime
 from harness.scenario.model import FILL, MAIN, CmaShare, Step, StepResult, StepStatus
 
 # cma_test steps per guest command in a batched repeat (a console line holds ~4 KiB).
@@ -569,6 +569,9 @@ def _capacity(client: DriverClient, step: Step, result: StepResult) -> None:
         result.fail(f"capacity probe: {what} failed: {probe.stderr.strip()}")
         return
     client.note_module_load(probe.stdout)
+    at = parse_uptime(probe.stdout)
+    if at is not None:  # kmemleak is read later, once (harness/scenario/kmemleak.py)
+        client.leak_checks.append(LeakCheck(at, result, mode == "check"))
     lines = probe.stdout.splitlines()
     leaks = [line[len(KMEMLEAK_MARKER) :] for line in lines if line.startswith(KMEMLEAK_MARKER)]
     client.check_kmemleak(result, "\n".join(leaks))
