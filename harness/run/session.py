@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -363,11 +364,12 @@ def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
     record.scenarios.append(ScenarioSummary(outcome.name, outcome.path, verdict, len(outcome.steps), duration))
 
 
-def _run_scenario(guest: Guest, scenario: Scenario, record: RunResult) -> ScenarioRunner:
+def _run_scenario(guest: Guest, scenario: Scenario, record: RunResult, last: bool = False) -> ScenarioRunner:
     from harness.scenario.runner import ScenarioRunner
 
     runner = ScenarioRunner.for_guest(guest, scenario.name)
     runner.defer_kmemleak = True  # swept once per guest: sweep_kmemleak()
+    runner.keep_kernel_log = last  # the report's dmesg.txt comes with the last check
     try:
         runner.run_scenario(scenario)
     finally:
@@ -410,7 +412,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         assert guest.transport is not None
                         guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
                     with stage("scenario"):
-                        runner = _run_scenario(guest, scenario, record)
+                        runner = _run_scenario(guest, scenario, record, last=index == len(opts.scenarios) - 1)
                     runners.append(runner)
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
@@ -424,15 +426,20 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                             # No panic, oops or warning on the console: the emulator died (killed
                             # from outside, out of memory, a QEMU bug), not the driver's doing.
                             raise guest_died(record, dead, runner.aborted)
+                swept = False
                 if guest is not None and runners:
                     with stage("scenario"):
-                        sweep_kmemleak(guest, runners, record, opts.target.timeouts.command + 30)
+                        swept = sweep_kmemleak(guest, runners, record, opts.target.timeouts.command + 30)
                 with stage("report"):
                     if guest is not None:
                         assert guest.transport is not None
                         guest.set_step("report")
-                        dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
-                        (opts.out / "dmesg.txt").write_text(dmesg.stdout)
+                        kept = runners[-1].kernel_log_raw if runners and not swept else None
+                        if kept is not None:  # read by the last check, no command since
+                            (opts.out / "dmesg.txt").write_text(plain_dmesg(kept))
+                        else:
+                            dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
+                            (opts.out / "dmesg.txt").write_text(dmesg.stdout)
                         # Everything is saved: QEMU is stopped below without waiting for the guest
                         # to power off (nothing in it needs a clean shutdown; it has no disk).
             finally:
@@ -459,18 +466,27 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
     return record
 
 
-def sweep_kmemleak(guest: Guest, runners: list[ScenarioRunner], record: RunResult, timeout: float) -> None:
+def sweep_kmemleak(guest: Guest, runners: list[ScenarioRunner], record: RunResult, timeout: float) -> bool:
     """One kmemleak sweep for every capacity check the scenarios on this guest made: a leak fails
-    its check step and the step's scenario, as if the check had found it."""
-    from harness.scenario.kmemleak import sweep
+    its check step and the step's scenario, as if the check had found it. True if it ran a command."""
+    from harness.scenario.kmemleak import needs_sweep, sweep
 
+    clients = [r.client for r in runners]
+    if not needs_sweep(clients):
+        return False
     guest.set_step("kmemleak sweep")
-    for leak in sweep([r.client for r in runners], timeout):
+    for leak in sweep(clients, timeout):
         record.extra_events.append(leak.event.as_dict())
         scenario = leak.result.scenario
         for summary in record.scenarios:
             if summary.name == scenario and summary.verdict == Verdict.PASS:
                 summary.verdict = Verdict.FAIL
+    return True
+
+
+def plain_dmesg(raw: str) -> str:
+    """`dmesg -r` as `dmesg` prints it: without the <level> prefixes."""
+    return "".join(re.sub(r"^<\d+>", "", line) + "\n" for line in raw.splitlines())
 
 
 def guest_died(record: RunResult, guest: Guest, cause: GuestError) -> GuestDied:

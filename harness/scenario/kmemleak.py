@@ -68,6 +68,11 @@ def attribute(report: str, now: float, clients: list[DriverClient]) -> list[Leak
     return leaks
 
 
+def needs_sweep(clients: list[DriverClient]) -> bool:
+    """Whether sweep() will run a guest command for these scenarios."""
+    return bool(windows(clients))
+
+
 def sweep(clients: list[DriverClient], timeout: float) -> list[Leak]:
     """Scan twice and read the report once for the capacity checks of these scenarios (run on one
     guest); each leak fails its check step. [] without a check, or without kmemleak."""

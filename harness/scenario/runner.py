@@ -82,6 +82,10 @@ class ScenarioRunner:
         # False: run_scenario sweeps kmemleak for its capacity checks before it returns. True: the
         # caller sweeps once for all the scenarios a guest ran (kmemleak.sweep), and amends.
         self.defer_kmemleak = False
+        # True: the check after the scenario reads the whole kernel log (`dmesg -r`) and keeps it in
+        # `kernel_log_raw`, so a caller that saves dmesg next needs no command of its own.
+        self.keep_kernel_log = False
+        self.kernel_log_raw: str | None = None
 
     @classmethod
     def for_guest(cls, guest: Guest, label: str) -> ScenarioRunner:
@@ -117,7 +121,9 @@ class ScenarioRunner:
 
     def final_checks(self, result: StepResult, since: float) -> None:
         """After the scenario: the driver logged nothing at warning level or worse."""
-        out = self.client.run(result, DRIVER_WARNINGS_COMMAND)
+        out = self.client.run(result, "dmesg -r" if self.keep_kernel_log else DRIVER_WARNINGS_COMMAND)
+        if self.keep_kernel_log and out.status == 0:
+            self.kernel_log_raw = out.stdout
         result.fail_all(driver_log_problems(out.stdout, since))
 
     def run(self, scenario: Scenario) -> list[StepResult]:

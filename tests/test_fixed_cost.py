@@ -1,0 +1,45 @@
+"""What the guest cycle no longer waits for (issue 14), checked without QEMU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.guest.shell import DRIVER_WARNINGS_COMMAND
+from harness.run.session import plain_dmesg, process_age
+from harness.scenario.loader import load_scenario
+from tests.fake_guest import Reply, runner_for
+
+RAW = "<6>[    0.000000] Booting Linux\n<4>[    1.500000] cma_mem: <b> left\n<6>[    2.0] x <1> y\n"
+
+
+def test_dmesg_kept_from_the_last_check_reads_as_plain_dmesg() -> None:
+    assert plain_dmesg(RAW) == "[    0.000000] Booting Linux\n[    1.500000] cma_mem: <b> left\n[    2.0] x <1> y\n"
+
+
+def test_the_last_scenario_reads_the_whole_kernel_log_once(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("steps:\n  - shell: {run: 'true'}\n")
+    runner, transport = runner_for([Reply("true"), Reply("dmesg -r", 0, RAW)])
+    runner.keep_kernel_log = True
+    outcome = runner.run_scenario(load_scenario(path))
+    assert runner.kernel_log_raw == RAW
+    assert outcome.steps[0].problems == ["driver logged at warning level: cma_mem: <b> left"]
+    other, _ = runner_for([Reply("true"), Reply(DRIVER_WARNINGS_COMMAND)])
+    other.run_scenario(load_scenario(path))
+    assert other.kernel_log_raw is None
+
+
+def test_process_age_counts_from_process_start() -> None:
+    assert 0.0 < process_age() < 3600
+
+
+def test_the_cli_imports_no_fuzzer_model_or_report_to_start() -> None:
+    code = (
+        "import sys, contextlib, io; from harness.frontends.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['run', '--help'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('harness.model', 'harness.report', 'rich.table'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
