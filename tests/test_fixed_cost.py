@@ -25,6 +25,7 @@ def test_the_last_scenario_reads_the_whole_kernel_log_once(tmp_path: Path) -> No
     runner.keep_kernel_log = True
     outcome = runner.run_scenario(load_scenario(path))
     assert runner.kernel_log_raw == RAW
+    assert transport.replies == []
     assert outcome.steps[0].problems == ["driver logged at warning level: cma_mem: <b> left"]
     other, _ = runner_for([Reply("true"), Reply(DRIVER_WARNINGS_COMMAND)])
     other.run_scenario(load_scenario(path))
