@@ -67,6 +67,7 @@ class Guest:
         *,
         extra_args: list[str] | None = None,
         replay: list[str] | None = None,
+        ready_marker: str = guestinit.READY_MARKER,
     ) -> None:
         """extra_args: more QEMU arguments (a snapshot's -incoming, -fw_cfg, -qmp). replay: the
         console lines of the boot this guest is restored from, handed to the console as if they
@@ -78,6 +79,7 @@ class Guest:
         append = [ssh.key.cmdline_arg] if ssh else []
         self.qemu = QemuProcess(qemu_command(target, boot, append, more))
         self.replay = replay
+        self.ready_marker = ready_marker  # what /init prints at its ready point (a snapshot base's own)
         self.boot_transcript: list[str] = []  # every console line up to the ready marker
         self.console_log = console_log
         self.console: Console | None = None
@@ -141,7 +143,7 @@ class Guest:
         if self.replay is not None:
             self.console.replay(self.replay)
         try:
-            self.console.wait_for(lambda s: s == guestinit.READY_MARKER, self.target.timeouts.boot, "the guest shell")
+            self.console.wait_for(self.ready_marker.__eq__, self.target.timeouts.boot, "the guest shell")
         except GuestError as exc:
             self.stop()  # __exit__ does not run when __enter__ raises
             exc.message = f"guest did not boot: {exc.message}"
@@ -178,6 +180,13 @@ class Guest:
                 self.stop()
                 raise
         return self
+
+    def announce_ready(self) -> None:
+        """Have the guest print the ready marker (a snapshot base prints its own at boot): once
+        it has the code under test, console.log says so as after a cold boot."""
+        assert self.console is not None
+        self.console.send_line(f"echo '{guestinit.READY_MARKER}'")
+        self.console.wait_for(guestinit.READY_MARKER.__eq__, self.target.timeouts.command, "the guest shell")
 
     def _resync(self) -> None:
         """A restored guest's shell, reached over a console that is new to it: a byte sent while

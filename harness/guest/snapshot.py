@@ -125,7 +125,7 @@ class Snapshot:
 
 def base_init_script(modules: list[str]) -> str:
     extra = "".join(f"insmod /lib/modules/{m}.ko || echo '@@boot snapshot-error insmod {m}'\n" for m in modules)
-    return guestinit.init_script(extra)
+    return guestinit.init_script(extra, ready=guestinit.BASE_READY_MARKER)
 
 
 def _memo_digest(cache: Path, path: Path) -> str:

@@ -22,6 +22,7 @@ from harness.artifacts.kernels.requirements import parse_kconfig
 from harness.config.targets import Target
 from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
 from harness.guest import guestinit
+from harness.guest.guestinit import BASE_READY_MARKER
 from harness.guest.qemu import BootFiles
 from harness.run.result import (
     RunResult,
@@ -302,7 +303,7 @@ def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> 
         extra, replay = snap.restore_args(), snap.transcript()
     else:
         extra, replay = [*snap.disk_args(), "-qmp", f"unix:{sockets / 'qmp'},server=on,wait=off"], None
-    guest = Guest(opts.target, snap.base, console_log, extra_args=extra, replay=replay)
+    guest = Guest(opts.target, snap.base, console_log, extra_args=extra, replay=replay, ready_marker=BASE_READY_MARKER)
     guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
     info: dict[str, Any] = {"mode": "restored" if restoring else "cold", "snapshot": snap.key}
     try:
@@ -320,10 +321,13 @@ def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> 
         wrong = snap.check_delivery(out.stdout) if out.status == 0 else f"unpacking failed ({out.status})"
         if wrong:
             raise GuestError(f"delivering the driver and cma_test: {wrong}", detail=out.stderr)
+        guest.announce_ready()
         return guest, info
     except GuestError as exc:
-        # Fall back to a normal boot, and say why; a snapshot that would not restore is made anew.
         guest.stop()
+        if guest.qemu.exit_signal is not None and not guest.qemu.stopped_by_us:
+            raise  # QEMU was killed from outside: the environment's doing, not the snapshot's
+        # Fall back to a normal boot, and say why; a snapshot that would not restore is made anew.
         if restoring:
             snapshot.discard(snap)
         console_log.seek(0)
