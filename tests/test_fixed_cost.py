@@ -51,3 +51,30 @@ def test_the_cli_imports_no_fuzzer_model_or_report_to_start() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_snapshots_key_is_the_same_for_every_build_of_the_driver(tmp_path: Path) -> None:
+    from harness.config.targets import resolve_target
+    from harness.guest import snapshot
+
+    target = resolve_target("arm64-virt")
+    files = {n: tmp_path / n for n in ("Image", "busybox", "virtio_blk.ko")}
+    for name, path in files.items():
+        path.write_bytes(name.encode())
+
+    def plan(driver: bytes, cache: Path = tmp_path / "cache"):  # type: ignore[no-untyped-def]
+        (tmp_path / "cma_mem.ko").write_bytes(driver)
+        (tmp_path / "cma_test").write_bytes(b"cma_test")
+        return snapshot.plan(
+            cache, target, files["Image"], None, files["busybox"], tmp_path / "cma_test", tmp_path / "cma_mem.ko",
+            [files["virtio_blk.ko"]],
+        )  # fmt: skip
+
+    one, two = plan(b"driver v1"), plan(b"driver v2")
+    assert one.key == two.key and one.dir == two.dir  # the snapshot holds no driver
+    assert one.payload != two.payload and one.payload_md5 != two.payload_md5  # the payload is this build's
+    assert one.payload.stat().st_size == snapshot.PAYLOAD_SIZE
+    assert snapshot.disk_args(Path("/a,b/p.cpio"))[1].endswith("file=/a,,b/p.cpio")
+    files["Image"].write_bytes(b"another kernel")
+    assert plan(b"driver v1").key != one.key  # a different kernel: a different snapshot
+    assert "rmmod" in one.deliver_command() and "--flushbufs" in one.deliver_command()

@@ -67,8 +67,9 @@ PAYLOAD_FILES = {"bin/cma_test": 0o755, "lib/modules/cma_mem.ko": 0o644}
 
 
 def disk_args(payload: Path) -> list[str]:
+    file = str(payload).replace(",", ",,")  # QEMU's option syntax: a comma in a value is doubled
     return [
-        "-drive", f"if=none,id=payload,format=raw,readonly=on,file={payload}",
+        "-drive", f"if=none,id=payload,format=raw,readonly=on,file={file}",
         "-device", "virtio-blk-device,drive=payload",
     ]  # fmt: skip
 
@@ -200,7 +201,7 @@ def plan(
     if dtb is not None:
         names[str(dtb)] = _memo_digest(cache, dtb)
     argv = [names.get(arg, arg) for arg in qemu_command(target, base)]
-    argv += [arg.replace(str(payload), f"<payload of {PAYLOAD_SIZE} bytes>") for arg in disk_args(payload)]
+    argv += disk_args(Path(f"<payload of {PAYLOAD_SIZE} bytes>"))  # the payload changes; its size does not
     material = json.dumps(
         {"format": FORMAT_VERSION, "argv": argv, "qemu": _qemu_identity(cache, target.qemu.binary)}, sort_keys=True
     )
