@@ -77,4 +77,6 @@ def test_a_snapshots_key_is_the_same_for_every_build_of_the_driver(tmp_path: Pat
     assert snapshot.disk_args(Path("/a,b/p.cpio"))[1].endswith("file=/a,,b/p.cpio")
     files["Image"].write_bytes(b"another kernel")
     assert plan(b"driver v1").key != one.key  # a different kernel: a different snapshot
-    assert "rmmod" in one.deliver_command() and "--flushbufs" in one.deliver_command()
+    assert "rmmod virtio_blk" in one.deliver_command() and "--flushbufs" in one.deliver_command()
+    blob = one.payload.read_bytes()
+    assert blob[510:1024] == bytes(514) and blob.startswith(b"070701")  # no partition table, a cpio archive

@@ -55,10 +55,12 @@ BLK_MODULES = (
     ("CONFIG_VIRTIO_MMIO", "kernel/drivers/virtio/virtio_mmio.ko"),
     ("CONFIG_VIRTIO_BLK", "kernel/drivers/block/virtio_blk.ko"),
 )
-# The guest sized the disk when the snapshot was made: every payload has this size (the archive
-# after a zeroed first block, so no partition table is ever seen, then zeros: sparse on the host).
+# The guest sized the disk when the snapshot was made: every payload has this size (the archive,
+# then zeros: sparse on the host). The archive starts with a file of zeros that covers where a
+# partition table would be (MBR signature at 510, GPT header at 512), so none is ever seen.
 PAYLOAD_SIZE = 8 << 20
-PAYLOAD_OFFSET = 4096
+PAD_FILE = "tmp/.cma-harness-payload-pad"
+PAD_BYTES = 4096
 STATE = "state"  # the migration stream
 CONSOLE = "boot-console.txt"  # the base boot's console, up to @@ready
 META = "meta.json"
@@ -106,11 +108,10 @@ class Snapshot:
         """Unpack the payload (past the page cache: the disk was another file when the snapshot was
         made), print the md5 of what landed, unload the disk's modules (a cold boot has none)."""
         files = " ".join(f"/{p}" for p in PAYLOAD_FILES)
-        unload = " ".join(reversed(self.blk_modules))
+        unload = f"rmmod {' '.join(reversed(self.blk_modules))}; " if self.blk_modules else ""
         return (
-            f"blockdev --flushbufs {PAYLOAD_DEVICE} && "
-            f"dd if={PAYLOAD_DEVICE} bs={PAYLOAD_OFFSET} skip=1 2>/dev/null | (cd / && cpio -idu 2>/dev/null) && "
-            f"md5sum {files}; rc=$?; " + (f"for m in {unload}; do rmmod $m; done; " if unload else "") + "exit $rc"
+            f"cd / && blockdev --flushbufs {PAYLOAD_DEVICE} && cpio -idu <{PAYLOAD_DEVICE} 2>/dev/null && "
+            f"md5sum {files}; rc=$?; {unload}exit $rc"
         )
 
     def check_delivery(self, stdout: str) -> str:
@@ -210,15 +211,16 @@ def plan(
 
 
 def cached_payload(cache: Path, cma_test: Path, kmod: Path) -> tuple[Path, dict[str, str]]:
-    """The payload disk: a zeroed block, a newc archive of cma_test and the driver, zeros up to PAYLOAD_SIZE."""
+    """The payload disk: a newc archive of a pad, cma_test and the driver, zeros up to PAYLOAD_SIZE."""
     contents = {"bin/cma_test": cma_test.read_bytes(), "lib/modules/cma_mem.ko": kmod.read_bytes()}
     md5 = {p: hashlib.md5(data).hexdigest() for p, data in contents.items()}  # what the guest's md5sum prints
-    layout = {"format": FORMAT_VERSION, "offset": PAYLOAD_OFFSET, "size": PAYLOAD_SIZE}
+    layout = {"format": FORMAT_VERSION, "pad": PAD_BYTES, "size": PAYLOAD_SIZE}
     digest = hashlib.sha256(json.dumps(md5 | layout, sort_keys=True).encode()).hexdigest()[:20]
     out = cache / "snapshots" / "payloads" / f"{digest}.cpio"
     if not out.exists():
-        entries = [initramfs.Entry(p, 0o100000 | PAYLOAD_FILES[p], data) for p, data in contents.items()]
-        blob = bytes(PAYLOAD_OFFSET) + initramfs.encode_newc(entries)
+        entries = [initramfs.Entry(PAD_FILE, 0o100644, bytes(PAD_BYTES))]
+        entries += [initramfs.Entry(p, 0o100000 | PAYLOAD_FILES[p], data) for p, data in contents.items()]
+        blob = initramfs.encode_newc(entries)
         if len(blob) > PAYLOAD_SIZE:
             raise GuestError(f"cma_test and the driver ({len(blob)} bytes) do not fit the {PAYLOAD_SIZE}-byte payload")
         with entry_lock(out, what="writing the snapshot payload"):
