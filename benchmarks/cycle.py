@@ -1,23 +1,35 @@
 #!/usr/bin/env python3
 """Warm guest cycle vs. the bare-boot floor, measured in the same run.
 
-bare: QEMU + the same kernel + an initramfs whose /init powers off at once
-      (busybox only), from spawn to QEMU exit.
-run:  `cma-harness run` (the CLI process, Python start-up included) with the
-      default target and scenario, warm cache.
-Runs alternate (bare, run, bare, run, ...) so machine noise hits both alike;
-medians are reported, and the ratio of medians.
+bare:     QEMU + the same kernel + an initramfs whose /init powers off at once
+          (busybox only), from spawn to QEMU exit.
+run:      `cma-harness run --snapshot off` (the CLI process, Python start-up included),
+          warm cache, booting cold.
+restored: the same run with `--snapshot auto`, the guest restored from its snapshot
+          (made by the warm-up run), with --restored.
+before:   with --before DIR, the same cold run from another source tree (e.g. `git archive main`
+          unpacked there), so before and after are measured in the same run.
+Runs alternate (bare, run, [restored], [before], bare, ...) so machine noise hits all alike;
+medians are reported.
 
-    python benchmarks/cycle.py [--runs 5] [--target arm64-virt [--target armv7-virt ...]] [--scenario smoke]
+    python benchmarks/cycle.py [--runs 7] [--target arm64-virt ...] [--scenario benchmarks/one-command.yaml]
+                               [--restored] [--before DIR]
 
-With several targets, each gets its own floor (its own kernel and QEMU), and a
-Markdown table of all of them ends the output.
+`--scenario benchmarks/one-command.yaml` is the fixed-cost yardstick: one shell command, so
+run minus bare is what the harness itself adds. Each run's time is split into phases: start-up
+(process start to the session: interpreter, imports, parsing), the stages from result.json,
+and exit (result.json written to process exit: the summary, interpreter teardown).
+
+The harness runs with PYTHONDONTWRITEBYTECODE removed from its environment (as installed,
+Python caches bytecode; without it every harness module is compiled from source on every
+run, ~0.1 s); --keep-env measures with the environment as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,30 +47,61 @@ from harness.config.targets import resolve_target
 from harness.guest import guestinit
 from harness.guest.qemu import BootFiles, QemuProcess, qemu_command
 
+PRE_BOOT = ("setup", "images", "build kmod", "build userland", "initramfs")
+
 
 def bare_boot(argv: list[str]) -> float:
+    import pexpect
+
     started = time.monotonic()
     with QemuProcess(argv) as qemu:
-        qemu.child.expect_exact("@@ready", timeout=120)
+        qemu.child.expect_exact(["@@ready", pexpect.EOF], timeout=120)
         qemu.wait_exit(60)
     return time.monotonic() - started
 
 
-def harness_run(target: str, scenario: str, out: Path) -> tuple[float, dict]:
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--target", target, "--scenario", scenario, "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.monotonic() - started
-    result = json.loads((out / "result.json").read_text())
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return wall, result
+class Variant:
+    def __init__(self, label: str, extra: list[str], tree: Path | None, env: dict[str, str]) -> None:
+        self.label, self.extra, self.tree, self.env = label, extra, tree, env
+        self.walls: list[float] = []
+        self.results: list[dict] = []
+
+    def run(self, target: str, scenario: str, out: Path, record: bool = True) -> None:
+        env = dict(self.env)
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)  # wins over the editable install's finder
+        started = time.monotonic()
+        argv = [sys.executable, "-m", "harness", "run", "--target", target, "--scenario", scenario, "--out", str(out)]
+        proc = subprocess.run(
+            [*argv, *self.extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.tree or Path.cwd(),
+        )
+        wall = time.monotonic() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"{self.label} run failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        if record:
+            self.walls.append(wall)
+            self.results.append(json.loads((out / "result.json").read_text()))
+
+    def phases(self) -> list[tuple[str, float]]:
+        """Median seconds per phase, process start to exit."""
+        rows: dict[str, list[float]] = {}
+        for wall, result in zip(self.walls, self.results, strict=True):
+            t = result["timings"]
+            phases = {"start-up": t.get("start-up", 0.0), "pre-boot stages": sum(t.get(k, 0.0) for k in PRE_BOOT)}
+            phases |= {k: t.get(k, 0.0) for k in ("boot", "scenario", "report")}
+            staged = sum(t.get(k, 0.0) for k in (*PRE_BOOT, "boot", "scenario", "report"))
+            phases["between stages"] = t["total"] - staged
+            phases["exit"] = wall - t.get("start-up", 0.0) - t["total"]
+            for k, v in phases.items():
+                rows.setdefault(k, []).append(v)
+        return [(k, statistics.median(v)) for k, v in rows.items()]
 
 
-def measure(name: str, scenario: str, runs: int) -> tuple[list[float], list[float], list[dict]]:
+def measure(name: str, scenario: str, runs: int, variants: list[Variant]) -> list[float]:
     target = resolve_target(name)
     cache = ImageCache(paths.cache_dir())
     kernel = kernel_provider(target, cache).kernel(target)
@@ -69,42 +112,79 @@ def measure(name: str, scenario: str, runs: int) -> tuple[list[float], list[floa
         files = initramfs.GuestFiles(busybox=busybox.busybox, cma_test=dummy, kmod=dummy)
         initrd = initramfs.cached_initramfs(Path(tmp), files, guestinit.BARE_INIT, guestinit.FORMAT_VERSION)
         argv = qemu_command(target, BootFiles(kernel.image, initrd, kernel.dtb))
-        harness_run(name, scenario, Path(tmp) / "warmup")  # fill the caches
-        bare, full, stages = [], [], []
+        for v in variants:  # fill the caches (and make the snapshot)
+            v.run(name, scenario, Path(tmp) / f"warmup-{v.label}", record=False)
+        bare = []
         for i in range(runs):
             bare.append(bare_boot(argv))
-            wall, result = harness_run(name, scenario, Path(tmp) / f"run{i}")
-            full.append(wall)
-            stages.append(result["timings"])
-    return bare, full, stages
+            for v in variants:
+                v.run(name, scenario, Path(tmp) / f"{v.label}{i}")
+    return bare
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--target", action="append", help="default: arm64-virt")
     parser.add_argument("--scenario", default="smoke")
+    parser.add_argument("--restored", action="store_true", help="also time runs restored from a snapshot")
+    parser.add_argument("--before", type=Path, help="a source tree to time too, cold (the 'before' of a change)")
+    parser.add_argument("--keep-env", action="store_true", help="keep PYTHONDONTWRITEBYTECODE if set")
     args = parser.parse_args()
+    env = dict(os.environ)
+    if not args.keep_env:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    scenario = str(Path(args.scenario).resolve()) if Path(args.scenario).exists() else args.scenario
     rows = []
+    load = os.getloadavg()
     for name in args.target or ["arm64-virt"]:
-        bare, full, stages = measure(name, args.scenario, args.runs)
-        med_bare, med_full = statistics.median(bare), statistics.median(full)
+        variants = []
+        if args.before:
+            variants.append(Variant("before", [], args.before.resolve(), env))
+        variants.append(Variant("run", ["--snapshot", "off"], None, env))
+        if args.restored:
+            variants.append(Variant("restored", ["--snapshot", "auto"], None, env))
+        bare = measure(name, scenario, args.runs, variants)
+        med_bare = statistics.median(bare)
         print(f"target {name}, scenario {args.scenario}, {args.runs} runs each, alternating")
         print(f"bare boot-to-poweroff   median {med_bare:6.2f} s   {' '.join(f'{b:.2f}' for b in bare)}")
-        print(f"cma-harness run (warm)  median {med_full:6.2f} s   {' '.join(f'{f:.2f}' for f in full)}")
-        added = med_full - med_bare
-        print(f"ratio run/bare          {med_full / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
-        for stage in stages[0]:
-            print(f"  stage {stage:<15} median {statistics.median(s[stage] for s in stages):6.3f} s")
-        pre_boot = statistics.median(
-            sum(s.get(k, 0.0) for k in ("setup", "images", "build kmod", "build userland", "initramfs")) for s in stages
-        )
-        rows.append((name, med_bare, med_full, pre_boot))
+        by = {v.label: v for v in variants}
+        for v in variants:
+            med = statistics.median(v.walls)
+            what = {"run": "cma-harness run (cold)", "restored": "cma-harness run (restored)"}.get(v.label, v.label)
+            print(f"{what:<26} median {med:6.2f} s   {' '.join(f'{f:.2f}' for f in v.walls)}")
+        run = by["run"]
+        med_run = statistics.median(run.walls)
+        added = med_run - med_bare
+        print(f"ratio run/bare          {med_run / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
+        if "before" in by:
+            med_before = statistics.median(by["before"].walls)
+            added = med_before - med_bare
+            print(
+                f"before: ratio run/bare  {med_before / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)"
+            )
+        if "restored" in by:
+            med_restored = statistics.median(by["restored"].walls)
+            modes = ", ".join(sorted({r["kernel"].get("boot", {}).get("mode", "?") for r in by["restored"].results}))
+            print(
+                f"restored cycle          median {med_restored:6.2f} s  ({med_restored / med_bare:.2f}x bare; {modes})"
+            )
+        for v in variants:
+            print(f"  phases of {v.label}: " + ", ".join(f"{k} {s:.3f}" for k, s in v.phases()))
+        rows.append((name, med_bare, med_run, statistics.median(by["restored"].walls) if "restored" in by else None))
         print(flush=True)
-    print(f"| target | bare boot (floor) | warm `run --scenario {args.scenario}` | ratio | harness before boot |")
+    end = os.getloadavg()
+    print(
+        "load average at start: "
+        + " ".join(f"{x:.2f}" for x in load)
+        + "; at end: "
+        + " ".join(f"{x:.2f}" for x in end)
+    )
+    print(f"| target | bare boot (floor) | cold `run --scenario {args.scenario}` | fixed cost | restored |")
     print("|---|---|---|---|---|")
-    for name, med_bare, med_full, pre_boot in rows:
-        print(f"| {name} | {med_bare:.2f} s | {med_full:.2f} s | {med_full / med_bare:.1f}x | {pre_boot:.3f} s |")
+    for name, med_bare, med_run, med_restored in rows:
+        restored = f"{med_restored:.2f} s" if med_restored is not None else "-"
+        print(f"| {name} | {med_bare:.2f} s | {med_run:.2f} s | {med_run - med_bare:.2f} s | {restored} |")
 
 
 if __name__ == "__main__":

@@ -107,3 +107,11 @@ def private_uses(path: Path) -> list[str]:
 def test_no_private_name_used_across_modules() -> None:
     problems = [p for folder in CHECKED for path in sorted(folder.rglob("*.py")) for p in private_uses(path)]
     assert not problems, "private names used outside their module:\n" + "\n".join(problems)
+
+
+def test_machine_barrier_is_the_ssh_transports() -> None:
+    # machine.py keeps its own copy so that reading the console does not import the SSH client.
+    from harness.guest import machine
+    from harness.guest.transport import ssh
+
+    assert machine.BARRIER == ssh.BARRIER

@@ -105,8 +105,8 @@ def decode_newc(blob: bytes) -> list[Entry]:
 @dataclass(frozen=True)
 class GuestFiles:
     busybox: Path
-    cma_test: Path
-    kmod: Path  # cma_mem.ko
+    cma_test: Path | None  # None: a base image without the code under test (snapshots)
+    kmod: Path | None  # cma_mem.ko
     extra_modules: tuple[Path, ...] = ()  # into lib/modules/
     extra_files: tuple[tuple[str, Path], ...] = ()  # (path in the archive, host file)
     extra_links: tuple[tuple[str, str], ...] = ()  # (path in the archive, link target)
@@ -135,8 +135,10 @@ def build_archive(files: GuestFiles, init_script: str) -> Archive:
     arc.chardev("dev/null", 1, 3, 0o666)
     arc.file("bin/busybox", files.busybox.read_bytes(), 0o755)
     arc.symlink("bin/sh", "busybox")
-    arc.file("bin/cma_test", files.cma_test.read_bytes(), 0o755)
-    arc.file("lib/modules/cma_mem.ko", files.kmod.read_bytes())
+    if files.cma_test is not None:
+        arc.file("bin/cma_test", files.cma_test.read_bytes(), 0o755)
+    if files.kmod is not None:
+        arc.file("lib/modules/cma_mem.ko", files.kmod.read_bytes())
     for module in files.extra_modules:
         arc.file(f"lib/modules/{module.name}", module.read_bytes())
     made = {e.path for e in arc.entries}
@@ -163,7 +165,8 @@ def cached_initramfs(cache_root: Path, files: GuestFiles, init_script: str, init
     """
     digest = hashlib.sha256()
     for path in (files.busybox, files.cma_test, files.kmod, *files.extra_modules):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        if path is not None:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
     for name, host in files.extra_files:
         # Package files are immutable per locked version: name, size and mtime identify them cheaply.
         st = host.stat()

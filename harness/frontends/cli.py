@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["driver", "heap"],
         help="allocate through the driver or the kernel's CMA heap (/dev/dma_heap) in steps that name none",
     )
+    p.add_argument(
+        "--snapshot",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: restore the booted guest from a cached snapshot (made on first use) instead of booting; "
+        "off: always boot (default auto)",
+    )
     p.add_argument("--out", help="run directory (default ./runs/<timestamp>)")
     p.add_argument("--update", action="store_true", help="re-resolve Debian packages and rewrite the lock")
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")

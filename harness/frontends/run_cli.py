@@ -134,6 +134,8 @@ class Invocation:
             transport=TransportKind(self.args.transport),
             files=self.files,
             overrides=self.overrides,
+            while_booting=import_reports,
+            snapshot=self.args.snapshot,
         )
 
     def target_out(self, root: Path, target: Target) -> Path:
@@ -148,12 +150,20 @@ class Invocation:
         argv += ["--kmod", str(self.kmod), "--transport", self.args.transport, "--cache-dir", str(self.cache)]
         if getattr(self.args, "backend", None):
             argv += ["--backend", self.args.backend]
+        argv += ["--snapshot", self.args.snapshot]
         argv += self.overrides.to_argv()
         for spec in self.files:
             argv.append(f"--add={spec.src}:{spec.dest}" if spec.dest else f"--add={spec.src}")
         if self.args.no_install:
             argv.append("--no-install")
         return argv
+
+
+def import_reports() -> None:
+    """While the guest boots: the summary's imports (rich's tables, the event grouping)."""
+    import rich.table  # noqa: F401
+
+    import harness.report.terminal  # noqa: F401
 
 
 def _console() -> Any:

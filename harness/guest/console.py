@@ -96,6 +96,11 @@ class Console:
         self._pending.extend(out)
         return out
 
+    def replay(self, lines: list[str]) -> None:
+        """Lines recorded from an earlier run of this same guest state (a restored snapshot's
+        boot): logged, listened to and waited on as if they had just arrived."""
+        self._feed("".join(line + "\n" for line in lines).encode())
+
     def read_lines(self, timeout: float) -> list[ConsoleLine]:
         """Read whatever arrives within timeout (at least one chunk if any); [] on timeout."""
         import pexpect

@@ -1,4 +1,9 @@
-"""A booted guest: QEMU + console listeners + boot facts + a transport. Used by `run` and tests."""
+"""A booted guest: QEMU + console listeners + boot facts + a transport. Used by `run` and tests.
+
+Only what starting QEMU needs is imported with this module: the transports and the fault
+detector (its title rules take ~50 ms to compile) are imported after QEMU has been spawned,
+while the guest boots (`spawn()` then `wait_ready()`).
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from harness.config.targets import Target
 from harness.errors import GuestError
 from harness.guest import guestinit
-from harness.guest.console import Console, ConsoleClosed, ConsoleLine
+from harness.guest.console import Console, ConsoleClosed, ConsoleLine, ConsoleTimeout
 from harness.guest.kernel_log import KernelLog
 from harness.guest.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
-from harness.guest.transport.base import Transport
-from harness.guest.transport.serial import SerialTransport
-from harness.guest.transport.ssh import BARRIER, ClientKey, SshTransport, connect, pinned_host_key, write_known_hosts
-from harness.oracles.dmesg import CmaReservation, parse_checkers, parse_reservation
-from harness.oracles.faults import FaultDetector, KernelEvent
+
+if TYPE_CHECKING:
+    from harness.guest.transport.base import Transport
+    from harness.guest.transport.serial import SerialTransport
+    from harness.guest.transport.ssh import ClientKey
+    from harness.oracles.dmesg import CmaReservation
+    from harness.oracles.faults import FaultDetector, KernelEvent
 
 KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
+# The SSH transport's /dev/kmsg barrier marker (harness.guest.transport.ssh.BARRIER, asserted
+# equal in the tests), here so that reading the console does not import the SSH client.
+BARRIER = "cma-harness: barrier"
 
 
 @dataclass
@@ -49,21 +59,35 @@ class Guest:
     """Boot with `start()`, use `.transport`, always `stop()` (or use as a context manager)."""
 
     def __init__(
-        self, target: Target, boot: BootFiles, console_log: IO[bytes] | None = None, ssh: SshSetup | None = None
+        self,
+        target: Target,
+        boot: BootFiles,
+        console_log: IO[bytes] | None = None,
+        ssh: SshSetup | None = None,
+        *,
+        extra_args: list[str] | None = None,
+        replay: list[str] | None = None,
+        ready_marker: str = guestinit.READY_MARKER,
     ) -> None:
+        """extra_args: more QEMU arguments (a snapshot's -incoming, -fw_cfg, -qmp). replay: the
+        console lines of the boot this guest is restored from, handed to the console as if they
+        had just arrived (a restored guest prints no boot of its own)."""
         self.target = target
         self.boot = boot
         self.ssh = ssh
-        extra_args = ssh_netdev_args(ssh.port) if ssh else []
+        more = (ssh_netdev_args(ssh.port) if ssh else []) + list(extra_args or [])
         append = [ssh.key.cmdline_arg] if ssh else []
-        self.qemu = QemuProcess(qemu_command(target, boot, append, extra_args))
+        self.qemu = QemuProcess(qemu_command(target, boot, append, more))
+        self.replay = replay
+        self.ready_marker = ready_marker  # what /init prints at its ready point (a snapshot base's own)
+        self.boot_transcript: list[str] = []  # every console line up to the ready marker
         self.console_log = console_log
         self.console: Console | None = None
         self.transport: Transport | None = None
         self.serial: SerialTransport | None = None
         self.facts = BootFacts()
         self.kernel_log = KernelLog()
-        self.detector = FaultDetector()
+        self.detector: FaultDetector | None = None  # made by spawn(), once QEMU runs
         self.step = "boot"
         self.on_spawn: Callable[[int], None] | None = None  # told QEMU's pid as soon as it exists
         self._barriers: set[str] = set()
@@ -72,6 +96,8 @@ class Guest:
         self._pump_stop = threading.Event()
 
     def _on_line(self, line: ConsoleLine) -> None:
+        if self.step == "boot":
+            self.boot_transcript.append(line.text)
         if KERNEL_LINE.match(line.text):
             if BARRIER in line.text:
                 with self._barrier_seen:
@@ -79,22 +105,45 @@ class Guest:
                     self._barrier_seen.notify_all()
                 return  # step bookkeeping, not the kernel's words
             self.kernel_log.lines.append((self.step, line.text))
+        assert self.detector is not None
         self.detector.feed(line.text, self.step)
         if line.text.startswith(guestinit.BOOT_PREFIX):
             self.facts.boot_lines.append(line.text[len(guestinit.BOOT_PREFIX) :])
 
     def events(self) -> list[KernelEvent]:
         # Includes an event whose report is still arriving: a hang or panic may never close it.
-        return self.detector.snapshot()
+        return self.detector.snapshot() if self.detector is not None else []
 
     def start(self) -> Guest:
+        """Spawn QEMU and wait for the guest's shell."""
+        self.spawn()
+        return self.wait_ready()
+
+    def spawn(self) -> Guest:
+        """Start QEMU and return at once: the guest boots while the caller does other work.
+        Its console output waits in the pty until `wait_ready()` reads it."""
         self.qemu.start()
-        if self.on_spawn is not None and self.qemu.pid is not None:
-            self.on_spawn(self.qemu.pid)
+        try:
+            if self.on_spawn is not None and self.qemu.pid is not None:
+                self.on_spawn(self.qemu.pid)
+            from harness.oracles.faults import FaultDetector  # while QEMU starts
+
+            self.detector = FaultDetector()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> Guest:
+        """Read the console until the guest's /init says it is ready; the boot facts, the transport."""
+        from harness.guest.transport.serial import SerialTransport
+
         self.console = Console(self.qemu.child, self.console_log, self.qemu.started_at)
         self.console.add_listener(self._on_line)
+        if self.replay is not None:
+            self.console.replay(self.replay)
         try:
-            self.console.wait_for(lambda s: s == guestinit.READY_MARKER, self.target.timeouts.boot, "the guest shell")
+            self.console.wait_for(self.ready_marker.__eq__, self.target.timeouts.boot, "the guest shell")
         except GuestError as exc:
             self.stop()  # __exit__ does not run when __enter__ raises
             exc.message = f"guest did not boot: {exc.message}"
@@ -103,15 +152,25 @@ class Guest:
         except BaseException:
             self.stop()
             raise
+        if self.replay is not None:
+            try:
+                self._resync()
+            except BaseException:
+                self.stop()
+                raise
         self.facts.ready_after = time.monotonic() - self.qemu.started_at
         text = "\n".join(self.facts.boot_lines)
         m = re.search(r"release=(\S+)", text)
         self.facts.release = m.group(1) if m else ""
+        from harness.oracles.dmesg import parse_checkers, parse_reservation
+
         self.facts.reservation = parse_reservation(text)
         self.facts.checkers = parse_checkers(text)
         self.step = "ready"
+        detector = self.detector
+        assert detector is not None
         self.serial = SerialTransport(
-            self.console, self.target.timeouts.command, fatal_count=lambda: self.detector.fatal_count
+            self.console, self.target.timeouts.command, fatal_count=lambda: detector.fatal_count
         )
         self.transport = self.serial
         if self.ssh is not None:
@@ -122,7 +181,34 @@ class Guest:
                 raise
         return self
 
+    def announce_ready(self) -> None:
+        """Have the guest print the ready marker (a snapshot base prints its own at boot): once
+        it has the code under test, console.log says so as after a cold boot."""
+        assert self.console is not None
+        self.console.send_line(f"echo '{guestinit.READY_MARKER}'")
+        self.console.wait_for(guestinit.READY_MARKER.__eq__, self.target.timeouts.command, "the guest shell")
+
+    def _resync(self) -> None:
+        """A restored guest's shell, reached over a console that is new to it: a byte sent while
+        QEMU is still loading the state is lost (the UART is reset, then overwritten), so each try
+        starts with a newline of its own and waits for its own echo. Returns once the guest runs."""
+        assert self.console is not None
+        deadline = time.monotonic() + self.target.timeouts.boot
+        for attempt in range(1, 1000):
+            marker = f"@@sync {attempt}"
+            self.console.send_line(f"\necho '{marker}'")
+            try:
+                self.console.wait_for(marker.__eq__, min(2.0, max(deadline - time.monotonic(), 0.1)), marker)
+                return
+            except ConsoleTimeout as exc:
+                if time.monotonic() >= deadline:
+                    exc.message = "the restored guest did not answer on its console"
+                    exc.args = (exc.message,)
+                    raise
+
     def _start_ssh(self, ssh: SshSetup) -> None:
+        from harness.guest.transport.ssh import SshTransport, connect, pinned_host_key, write_known_hosts
+
         text = "\n".join(self.facts.boot_lines)
         errors = re.findall(r"^ssh-error (.*)$", text, re.M)
         if errors:
@@ -208,8 +294,11 @@ class Guest:
         return not self.qemu.alive()
 
     def _close_ssh(self) -> None:
-        if isinstance(self.transport, SshTransport):
-            self.transport.close()
+        if self.ssh is not None:  # only then is the SSH client imported
+            from harness.guest.transport.ssh import SshTransport
+
+            if isinstance(self.transport, SshTransport):
+                self.transport.close()
         self.stop_console_pump()  # the main thread owns the console again
 
     def stop(self) -> None:
@@ -221,7 +310,8 @@ class Guest:
             with contextlib.suppress(GuestError, OSError, ValueError):
                 self.console.drain(0)
         self.qemu.stop()
-        self.detector.finish()
+        if self.detector is not None:
+            self.detector.finish()
 
     def tail(self, n: int = 40) -> str:
         return self.console.tail(n) if self.console else ""

@@ -119,7 +119,7 @@ def driver_log_problems(dmesg_raw: str, since: float) -> list[str]:
     ioctl at KERN_ERR; a block left at unload is a warning). Input: `dmesg -r` lines."""
     problems: list[str] = []
     for line in dmesg_raw.splitlines():
-        m = re.match(r"^<(\d)>\[\s*(\d+\.\d+)\]\s*(.*)$", line)
+        m = re.match(r"^<([0-4])>\[\s*(\d+\.\d+)\]\s*(.*)$", line)  # the kernel's, warning or worse
         # The driver's own words only: a KASAN or WARN report naming its frames is a kernel
         # event, already reported with a title.
         if not m or not DRIVER_MESSAGE.match(m.group(3)):

@@ -17,7 +17,7 @@ CHECKER_BANNERS = {
     "lockdep": "Lock dependency validator",
     "dma-debug": "DMA-API: debugging enabled",
 }
-# The boot-log lines the guest's /init reports (an extended regex for grep -E).
+# The boot-log lines the guest's /init reports (an extended regex: sed -E).
 BOOT_FACT_PATTERN = "|".join(["cma: Reserved", "cma: Failed", "Linux version", *CHECKER_BANNERS.values()])
 
 

@@ -16,7 +16,7 @@ from harness.oracles.faults import group_events
 from harness.run.result import RunResult
 
 MIB = 1 << 20
-STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
+STAGES = ["start-up", "setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
 VERDICT_COLOURS = {"pass": "#15803d", "fail": "#b91c1c", "error": "#7e22ce"}
 TYPE_COLOURS = {"wc": "#2563eb", "coherent": "#d97706"}
 ARTIFACTS = ["console.log", "dmesg.txt", "result.json"]

@@ -45,6 +45,13 @@ def print_summary(record: RunResult, out: Path, console: Any) -> None:
     if absent:
         # Oracles this kernel cannot run: said on every run, so a pass is not read as more than it is.
         console.print(f"[dim]not in this kernel (oracles off): {', '.join(absent)}[/dim]", soft_wrap=True)
+    boot = record.kernel.get("boot") or {}
+    if boot.get("mode") == "restored":
+        console.print(f"[dim]guest restored from snapshot {boot.get('snapshot', '?')} (--snapshot off boots)[/dim]")
+    elif boot.get("note"):
+        console.print(f"[dim]booted: {boot['note']}[/dim]", soft_wrap=True)
+    elif boot.get("saved"):
+        console.print(f"[dim]booted; snapshot {boot.get('snapshot', '?')} saved for the next runs[/dim]")
     if record.console_tail and record.console_tail.rstrip() not in record.error:  # said once
         console.print("console tail:\n" + record.console_tail, soft_wrap=True, markup=False)
     if record.error:

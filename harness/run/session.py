@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,8 +24,8 @@ from harness.config.overrides import Overrides
 from harness.config.targets import Target
 from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
 from harness.guest import guestinit
+from harness.guest.guestinit import BASE_READY_MARKER
 from harness.guest.qemu import BootFiles
-from harness.guest.shell import RESET_COMMAND
 from harness.run import observe, resolve
 from harness.run.result import (
     RunResult,
@@ -35,11 +36,12 @@ from harness.run.result import (
     error_verdict,
 )
 from harness.scenario.model import Scenario, StepStatus
-from harness.scenario.runner import ScenarioResult, ScenarioRunner
-from harness.scenario.steps import fit_problems
 
 if TYPE_CHECKING:
+    from harness.artifacts.debian import KernelImage
     from harness.guest.machine import Guest, SshSetup
+    from harness.guest.snapshot import Snapshot
+    from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
 
@@ -58,6 +60,12 @@ class RunOptions:
     files: list[FileSpec] = field(default_factory=list)
     overrides: Overrides = field(default_factory=Overrides)
     observer: observe.RunObserver = field(default_factory=observe.RunObserver)
+    # Called once QEMU has been spawned, while the guest boots: a front end imports and prepares
+    # what it needs after the guest (its report, say) there, off the critical path.
+    while_booting: Callable[[], None] | None = None
+    # "auto": restore the guest from a snapshot of a booted base guest where one can be used
+    # (made on first use); "off": always boot. Front ends other than `run` boot.
+    snapshot: str = "off"
 
 
 class Stages:
@@ -95,13 +103,40 @@ class Stages:
         return seconds
 
 
+def process_age() -> float:
+    """Seconds since this process started (interpreter start-up and imports included), from
+    /proc/self/stat at clock-tick resolution; 0.0 where that cannot be read."""
+    import os
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, after boot
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def default_run_dir(base: Path | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     return (base or Path.cwd() / "runs") / stamp
 
 
+@dataclass
+class Prepared:
+    """What prepare_run() hands to the boot: the files, and a snapshot to restore instead if one can be used."""
+
+    boot: BootFiles
+    snapshot: Snapshot | None = None
+    snapshot_note: str = ""  # why not, when one was asked for and cannot be used
+
+
 def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[str], None]) -> BootFiles:
     """Host tools, images, builds and the initramfs: everything before QEMU starts."""
+    return prepare_run(opts, stage, record, log).boot
+
+
+def prepare_run(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[str], None]) -> Prepared:
+    """prepare(), and with opts.snapshot "auto" the snapshot the boot may restore."""
     with stage("setup"):
         hosttools.ensure([opts.target], install=opts.install, log=log, cache=opts.cache)
     with stage("images"):
@@ -141,11 +176,33 @@ def prepare(opts: RunOptions, stage: Stages, record: RunResult, log: Callable[[s
         initrd = initramfs.cached_initramfs(
             opts.cache, files, guestinit.init_script(extra_init), guestinit.FORMAT_VERSION
         )
-    return BootFiles(kernel.image, initrd, kernel.dtb, module=ko)
+        prepared = Prepared(BootFiles(kernel.image, initrd, kernel.dtb, module=ko))
+        if opts.snapshot == "auto":
+            prepared.snapshot, prepared.snapshot_note = plan_snapshot(opts, kernel, userspace.busybox, cma_test, ko)
+    return prepared
+
+
+def plan_snapshot(
+    opts: RunOptions, kernel: KernelImage, busybox: Path, cma_test: Path, ko: Path
+) -> tuple[Snapshot | None, str]:
+    """The snapshot of this target's base guest (it may not be saved yet), or why there is none."""
+    if opts.transport != TransportKind.SERIAL:
+        return None, "snapshots are for the serial transport (an SSH guest's keys are made per run)"
+    from harness.guest import snapshot
+
+    modules, why = snapshot.disk_support(kernel.kdir / ".config", kernel.modules)
+    if why:
+        return None, why
+    try:
+        return snapshot.plan(opts.cache, opts.target, kernel.image, kernel.dtb, busybox, cma_test, ko, modules), ""
+    except (GuestError, OSError) as exc:
+        return None, f"no snapshot: {exc}"
 
 
 def check_fit(scenarios: list[Scenario], target: Target) -> None:
     """Refuse, before anything is built or booted, a scenario that asks for more CMA than the target has."""
+    from harness.scenario.steps import fit_problems
+
     cma = target.cma_mib << 20
     problems = [p for s in scenarios for p in fit_problems(s.resolved(cma).steps, cma, str(s.path))]
     if problems:
@@ -188,13 +245,51 @@ def prepare_artifacts(opts: RunOptions, log: Callable[[str], None] = print) -> B
     return prepare(opts, Stages(record, lambda name, event, seconds: None), record, log)
 
 
-def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO[bytes], record: RunResult) -> Guest:
-    from harness.guest.machine import Guest  # lazy: pulls in pexpect
+def warm_up() -> None:
+    """Import what runs after the boot (the scenario runner, its oracles): called while the guest
+    boots, so the imports cost nothing on the way to the verdict."""
+    import harness.scenario.runner  # noqa: F401
+
+
+def start_guest(guest: Guest, opts: RunOptions) -> Guest:
+    """Spawn QEMU, do the host's own work while the guest boots, wait for the guest's shell."""
+    guest.spawn()
+    try:
+        # QEMU is booting the kernel (a second or more under TCG): the host's own work
+        # meanwhile is free. The console waits in the pty.
+        warm_up()
+        if opts.while_booting is not None:
+            opts.while_booting()
+    except BaseException:
+        guest.stop()
+        raise
+    return guest.wait_ready()
+
+
+def boot_guest(
+    opts: RunOptions,
+    stage: Stages,
+    boot: BootFiles,
+    console_log: IO[bytes],
+    record: RunResult,
+    prepared: Prepared | None = None,
+) -> Guest:
+    """A guest at its shell with the driver and cma_test in place: restored from the snapshot in
+    `prepared` when there is one (saved first if need be), else booted from `boot`."""
+    from harness.guest.machine import Guest
 
     with stage("boot"):
-        guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
-        guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
-        guest.start()
+        guest: Guest | None = None
+        info: dict[str, Any] = {"mode": "cold"}
+        if prepared is not None and prepared.snapshot_note:
+            info["note"] = prepared.snapshot_note
+        if prepared is not None and prepared.snapshot is not None:
+            guest, info = snapshot_guest(opts, prepared.snapshot, console_log)
+        if guest is None:
+            guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
+            guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
+            start_guest(guest, opts)
+    record.kernel["boot"] = info
     record.config["qemu_argv"] = list(guest.qemu.argv)
     opts.observer.guest_started(guest)
     record.kernel["booted_release"] = guest.facts.release
@@ -204,6 +299,59 @@ def boot_guest(opts: RunOptions, stage: Stages, boot: BootFiles, console_log: IO
     if res is None:
         record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
     return guest
+
+
+def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> tuple[Guest | None, dict[str, Any]]:
+    """The guest restored from snap (or, on first use, booted from its base image and saved), with
+    this build's driver and cma_test delivered; (None, why) when the run must boot instead."""
+    import shutil
+    import tempfile
+
+    from harness.guest import snapshot
+    from harness.guest.machine import Guest
+
+    restoring = snap.exists()
+    sockets = Path(tempfile.mkdtemp(prefix="cma-harness-"))  # a Unix socket path must be short
+    if restoring:
+        extra, replay = snap.restore_args(), snap.transcript()
+    else:
+        extra, replay = [*snap.disk_args(), "-qmp", f"unix:{sockets / 'qmp'},server=on,wait=off"], None
+    guest = Guest(opts.target, snap.base, console_log, extra_args=extra, replay=replay, ready_marker=BASE_READY_MARKER)
+    guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
+    info: dict[str, Any] = {"mode": "restored" if restoring else "cold", "snapshot": snap.key}
+    try:
+        start_guest(guest, opts)
+        if not restoring:
+            try:
+                info["save_seconds"] = round(
+                    snapshot.save(snap, sockets / "qmp", guest.boot_transcript, opts.target.timeouts.boot), 3
+                )
+                info["saved"] = True
+            except GuestError as exc:
+                info["note"] = f"the snapshot could not be saved: {exc.message}"
+        assert guest.serial is not None
+        out = guest.serial.run(snap.deliver_command(), timeout=opts.target.timeouts.boot)
+        wrong = snap.check_delivery(out.stdout) if out.status == 0 else f"unpacking failed ({out.status})"
+        if wrong:
+            raise GuestError(f"delivering the driver and cma_test: {wrong}", detail=out.stderr)
+        guest.announce_ready()
+        return guest, info
+    except GuestError as exc:
+        guest.stop()
+        if guest.qemu.exit_signal is not None and not guest.qemu.stopped_by_us:
+            raise  # QEMU was killed from outside: the environment's doing, not the snapshot's
+        # Fall back to a normal boot, and say why; a snapshot that would not restore is made anew.
+        if restoring:
+            snapshot.discard(snap)
+        console_log.seek(0)
+        console_log.truncate()
+        what = f"restoring snapshot {snap.key}" if restoring else "booting the snapshot's base image"
+        return None, {"mode": "cold", "snapshot": snap.key, "note": f"{what} failed ({exc.message}): booted instead"}
+    except BaseException:
+        guest.stop()
+        raise
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def ssh_setup(out: Path) -> SshSetup:
@@ -234,11 +382,19 @@ def add_scenario(record: RunResult, outcome: ScenarioResult) -> None:
 
 
 def _run_scenario(
-    guest: Guest, scenario: Scenario, record: RunResult, observer: observe.RunObserver | None = None
+    guest: Guest,
+    scenario: Scenario,
+    record: RunResult,
+    observer: observe.RunObserver | None = None,
+    last: bool = False,
 ) -> ScenarioRunner:
+    from harness.scenario.runner import ScenarioRunner
+
     runner = ScenarioRunner.for_guest(guest, scenario.name)
     if observer is not None:
         observe.attach(runner, scenario, observer)
+    runner.defer_kmemleak = True  # swept once per guest: sweep_kmemleak()
+    runner.keep_kernel_log = last  # the report's dmesg.txt comes with the last check
     try:
         runner.run_scenario(scenario)
     finally:
@@ -261,24 +417,35 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
     )
     stage = Stages(record, on_stage)
     total_started = time.monotonic()
+    # Before this call: Python start-up, imports, argument and file parsing (the "start-up" phase;
+    # the stages follow, and what comes after result.json is written is the caller's).
+    record.timings["start-up"] = round(process_age(), 4)
     guest: Guest | None = None
     all_events: list[dict[str, Any]] = []
     try:
         check_fit(opts.scenarios, opts.target)
-        boot = prepare(opts, stage, record, log)
+        prepared = prepare_run(opts, stage, record, log)
+        boot = prepared.boot
         record.config = {**resolve.effective_config(opts.target, boot, opts.overrides), **record.config}
         record.provenance = _provenance(opts, boot, record)
         with (opts.out / "console.log").open("wb", buffering=0) as console_log:
             try:
+                runners: list[ScenarioRunner] = []  # those that ran on this guest
                 for index, scenario in enumerate(opts.scenarios):
                     if guest is None:
-                        guest = boot_guest(opts, stage, boot, console_log, record)
+                        guest = boot_guest(opts, stage, boot, console_log, record, prepared)
+                        runners = []
                     elif index:
+                        from harness.guest.shell import RESET_COMMAND
+
                         assert guest.transport is not None
                         guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
                     opts.observer.scenario_started(scenario, index + 1, len(opts.scenarios))
                     with stage("scenario"):
-                        runner = _run_scenario(guest, scenario, record, opts.observer)
+                        runner = _run_scenario(
+                            guest, scenario, record, opts.observer, last=index == len(opts.scenarios) - 1
+                        )
+                    runners.append(runner)
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
                         record.console_tail = runner.aborted.detail or guest.tail()
@@ -292,13 +459,22 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                             # No panic, oops or warning on the console: the emulator died (killed
                             # from outside, out of memory, a QEMU bug), not the driver's doing.
                             raise guest_died(record, dead, runner.aborted)
+                swept = False
+                if guest is not None and runners:
+                    with stage("scenario"):
+                        swept = sweep_kmemleak(guest, runners, record, opts.target.timeouts.command + 30)
                 with stage("report"):
                     if guest is not None:
                         assert guest.transport is not None
                         guest.set_step("report")
-                        dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
-                        (opts.out / "dmesg.txt").write_text(dmesg.stdout)
-                        guest.poweroff()
+                        kept = runners[-1].kernel_log_raw if runners and not swept else None
+                        if kept is not None:  # read by the last check, no command since
+                            (opts.out / "dmesg.txt").write_text(plain_dmesg(kept))
+                        else:
+                            dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
+                            (opts.out / "dmesg.txt").write_text(dmesg.stdout)
+                        # Everything is saved: QEMU is stopped below without waiting for the guest
+                        # to power off (nothing in it needs a clean shutdown; it has no disk).
             finally:
                 if guest is not None:
                     guest.stop()
@@ -329,6 +505,29 @@ def _provenance(opts: RunOptions, boot: BootFiles, record: RunResult) -> dict[st
     specs = resolve.requested_files(opts.target, opts.scenarios, opts.files)
     sources = sorted({f.source_package for f in specs if f.kselftest})
     return collect(opts.target, boot, opts.kmod, opts.cache, kselftest_sources=sources)
+
+
+def sweep_kmemleak(guest: Guest, runners: list[ScenarioRunner], record: RunResult, timeout: float) -> bool:
+    """One kmemleak sweep for every capacity check the scenarios on this guest made: a leak fails
+    its check step and the step's scenario, as if the check had found it. True if it ran a command."""
+    from harness.scenario.kmemleak import needs_sweep, sweep
+
+    clients = [r.client for r in runners]
+    if not needs_sweep(clients):
+        return False
+    guest.set_step("kmemleak sweep")
+    for leak in sweep(clients, timeout):
+        record.extra_events.append(leak.event.as_dict())
+        scenario = leak.result.scenario
+        for summary in record.scenarios:
+            if summary.name == scenario and summary.verdict == Verdict.PASS:
+                summary.verdict = Verdict.FAIL
+    return True
+
+
+def plain_dmesg(raw: str) -> str:
+    """`dmesg -r` as `dmesg` prints it: without the <level> prefixes."""
+    return "".join(re.sub(r"^<\d+>", "", line) + "\n" for line in raw.splitlines())
 
 
 def guest_died(record: RunResult, guest: Guest, cause: GuestError) -> GuestDied:

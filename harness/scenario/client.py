@@ -10,17 +10,22 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from harness.errors import GuestSetupError
 from harness.guest.kernel_log import KernelLog
-from harness.guest.shell import MODULE, wait_gone
+from harness.guest.shell import MODULE, UPTIME_MARKER, wait_gone
 from harness.guest.transport.base import CommandResult, Transport
 from harness.oracles.checks import Extent, dump_mem_problems, overlap_problems, placement_problems
 from harness.oracles.cmatest import CmaRecord, parse_records
 from harness.oracles.dmesg import CmaReservation, DumpMemRecord
-from harness.oracles.faults import KernelEvent, kmemleak_events
 from harness.oracles.symbolize import Symbol, parse_section_bases, symbolize
 from harness.scenario.model import Block, CommandRecord, StepResult, StepStatus
+
+if TYPE_CHECKING:
+    # Imported when a kmemleak report is read: loading scenarios (before boot) need not pay
+    # for compiling the fault title rules.
+    from harness.oracles.faults import KernelEvent
 
 
 @dataclass
@@ -34,6 +39,26 @@ class RunState:
     heap_baseline: int | None = None  # the same measure through the kernel's CMA heap (the witness)
     heap_check: int | None = None
     allocated: list[Block] = field(default_factory=list)  # every allocation, freed or not (for the report)
+
+
+@dataclass
+class LeakCheck:
+    """A capacity step and the guest's uptime when it probed: the kmemleak sweep's window marks."""
+
+    at: float
+    result: StepResult
+    check: bool  # mode check (a baseline only opens the window)
+
+
+def parse_uptime(stdout: str) -> float | None:
+    """The guest uptime a command printed after UPTIME_MARKER (guest/shell.py), if any."""
+    for line in stdout.splitlines():
+        if line.startswith(UPTIME_MARKER):
+            try:
+                return float(line[len(UPTIME_MARKER) :].split()[0])
+            except (ValueError, IndexError):
+                return None
+    return None
 
 
 def extent(block: Block) -> Extent:
@@ -61,6 +86,7 @@ class DriverClient:
         self.module_symbols = module_symbols or []
         self.module_loads: list[dict[str, int]] = []  # section bases of each insmod, for symbolize()
         self.extra_events: list[KernelEvent] = []  # found outside the console (kmemleak scans)
+        self.leak_checks: list[LeakCheck] = []  # capacity steps, for the kmemleak sweep
         self.new_blocks: list[Block] = []  # allocations of the running step, for the dmesg check
         self.step_index = 0
 
@@ -166,6 +192,8 @@ class DriverClient:
             self.module_loads.append(bases)
 
     def check_kmemleak(self, result: StepResult, report: str) -> None:
+        from harness.oracles.faults import kmemleak_events
+
         text = symbolize(report, self.module_loads, self.module_symbols, MODULE)
         for event in kmemleak_events(text, step=result.name):
             self.extra_events.append(event)

@@ -79,6 +79,13 @@ class ScenarioRunner:
         self.results: list[StepResult] = []
         self.aborted: GuestError | None = None  # set when the guest stopped answering
         self.outcome: ScenarioResult | None = None  # run_scenario's, filled in even if it raised
+        # False: run_scenario sweeps kmemleak for its capacity checks before it returns. True: the
+        # caller sweeps once for all the scenarios a guest ran (kmemleak.sweep), and amends.
+        self.defer_kmemleak = False
+        # True: the check after the scenario reads the whole kernel log (`dmesg -r`) and keeps it in
+        # `kernel_log_raw`, so a caller that saves dmesg next needs no command of its own.
+        self.keep_kernel_log = False
+        self.kernel_log_raw: str | None = None
 
     @classmethod
     def for_guest(cls, guest: Guest, label: str) -> ScenarioRunner:
@@ -114,7 +121,9 @@ class ScenarioRunner:
 
     def final_checks(self, result: StepResult, since: float) -> None:
         """After the scenario: the driver logged nothing at warning level or worse."""
-        out = self.client.run(result, DRIVER_WARNINGS_COMMAND)
+        out = self.client.run(result, "dmesg -r" if self.keep_kernel_log else DRIVER_WARNINGS_COMMAND)
+        if self.keep_kernel_log and out.status == 0:
+            self.kernel_log_raw = out.stdout
         result.fail_all(driver_log_problems(out.stdout, since))
 
     def run(self, scenario: Scenario) -> list[StepResult]:
@@ -164,6 +173,10 @@ class ScenarioRunner:
             self.run(scenario)
             if self.aborted is None and self.results:
                 self.final_checks(self.results[-1], since)
+                if not self.defer_kmemleak:
+                    from harness.scenario.kmemleak import sweep
+
+                    sweep([self.client], self.client.command_timeout + 30)
         finally:
             outcome.steps = list(self.results)
             outcome.live_blocks = list(self.state.blocks.values())

@@ -44,7 +44,7 @@ from harness.oracles.checks import CAPACITY_CHUNKS, capacity_problems, rmmod_pro
 from harness.oracles.cmatest import parse_records
 from harness.oracles.heap import heap_leak_problems, heap_name, heap_unavailable, witness_problems
 from harness.oracles.ktap import parse_ktap, plan, totals_problems
-from harness.scenario.client import DriverClient
+from harness.scenario.client import DriverClient, LeakCheck, parse_uptime
 from harness.scenario.model import DRIVER, FILL, HEAP, MAIN, CmaShare, Step, StepResult, StepStatus
 
 # cma_test steps per guest command in a batched repeat (a console line holds ~4 KiB).
@@ -642,6 +642,9 @@ def _driver_capacity(client: DriverClient, step: Step, result: StepResult) -> in
         result.fail(f"capacity probe: {what} failed: {probe.stderr.strip()}")
         return None
     client.note_module_load(probe.stdout)
+    at = parse_uptime(probe.stdout)
+    if at is not None:  # kmemleak is read later, once (harness/scenario/kmemleak.py)
+        client.leak_checks.append(LeakCheck(at, result, mode == "check"))
     lines = probe.stdout.splitlines()
     leaks = [line[len(KMEMLEAK_MARKER) :] for line in lines if line.startswith(KMEMLEAK_MARKER)]
     client.check_kmemleak(result, "\n".join(leaks))

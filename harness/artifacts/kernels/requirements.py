@@ -133,7 +133,7 @@ OPTIONAL: tuple[Requirement, ...] = (
     Requirement(
         "kmemleak",
         ("CONFIG_DEBUG_FS", "CONFIG_DEBUG_KMEMLEAK"),
-        "kernel memory leaks of the driver: a kmemleak scan after each scenario's capacity check",
+        "kernel memory leaks of the driver, failing the capacity check after their allocation (one sweep per run)",
         without="no kernel (slab) leak oracle",
     ),
     Requirement(

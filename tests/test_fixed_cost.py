@@ -1,0 +1,82 @@
+"""What the guest cycle no longer waits for (issue 14), checked without QEMU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.guest.shell import DRIVER_WARNINGS_COMMAND
+from harness.run.session import plain_dmesg, process_age
+from harness.scenario.loader import load_scenario
+from tests.fake_guest import Reply, runner_for
+
+RAW = (
+    "<6>[    0.000000] Booting Linux\n<4>[    1.500000] cma_mem: <b> left\n<6>[    2.0] x <1> y\n"
+    "<6>[    2.500000] cma_mem: loaded\n<12>[    3.000000] cma_mem: from user space\n"
+)
+
+
+def test_dmesg_kept_from_the_last_check_reads_as_plain_dmesg() -> None:
+    assert plain_dmesg(RAW).splitlines()[:3] == [
+        "[    0.000000] Booting Linux",
+        "[    1.500000] cma_mem: <b> left",
+        "[    2.0] x <1> y",
+    ]
+
+
+def test_the_last_scenario_reads_the_whole_kernel_log_once(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("steps:\n  - shell: {run: 'true'}\n")
+    runner, transport = runner_for([Reply("true"), Reply("dmesg -r", 0, RAW)])
+    runner.keep_kernel_log = True
+    outcome = runner.run_scenario(load_scenario(path))
+    assert runner.kernel_log_raw == RAW
+    assert transport.replies == []
+    assert outcome.steps[0].problems == ["driver logged at warning level: cma_mem: <b> left"]
+    other, _ = runner_for([Reply("true"), Reply(DRIVER_WARNINGS_COMMAND)])
+    other.run_scenario(load_scenario(path))
+    assert other.kernel_log_raw is None
+
+
+def test_process_age_counts_from_process_start() -> None:
+    assert 0.0 < process_age() < 3600
+
+
+def test_the_cli_imports_no_fuzzer_model_or_report_to_start() -> None:
+    code = (
+        "import sys, contextlib, io; from harness.frontends.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['run', '--help'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('harness.model', 'harness.report', 'rich.table'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_snapshots_key_is_the_same_for_every_build_of_the_driver(tmp_path: Path) -> None:
+    from harness.config.targets import resolve_target
+    from harness.guest import snapshot
+
+    target = resolve_target("arm64-virt")
+    files = {n: tmp_path / n for n in ("Image", "busybox", "virtio_blk.ko")}
+    for name, path in files.items():
+        path.write_bytes(name.encode())
+
+    def plan(driver: bytes, cache: Path = tmp_path / "cache"):  # type: ignore[no-untyped-def]
+        (tmp_path / "cma_mem.ko").write_bytes(driver)
+        (tmp_path / "cma_test").write_bytes(b"cma_test")
+        return snapshot.plan(
+            cache, target, files["Image"], None, files["busybox"], tmp_path / "cma_test", tmp_path / "cma_mem.ko",
+            [files["virtio_blk.ko"]],
+        )  # fmt: skip
+
+    one, two = plan(b"driver v1"), plan(b"driver v2")
+    assert one.key == two.key and one.dir == two.dir  # the snapshot holds no driver
+    assert one.payload != two.payload and one.payload_md5 != two.payload_md5  # the payload is this build's
+    assert one.payload.stat().st_size == snapshot.PAYLOAD_SIZE
+    assert snapshot.disk_args(Path("/a,b/p.cpio"))[1].endswith("file=/a,,b/p.cpio")
+    files["Image"].write_bytes(b"another kernel")
+    assert plan(b"driver v1").key != one.key  # a different kernel: a different snapshot
+    assert "rmmod virtio_blk" in one.deliver_command() and "--flushbufs" in one.deliver_command()
+    blob = one.payload.read_bytes()
+    assert blob[510:1024] == bytes(514) and blob.startswith(b"070701")  # no partition table, a cpio archive
