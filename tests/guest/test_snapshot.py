@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest.broken import VARIANTS
+from tests.guest.test_run import run_cli as run_any
 
 pytestmark = [pytest.mark.guest, pytest.mark.xdist_group("snapshot-arm64-virt")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,16 +23,7 @@ ONE = str(ROOT / "benchmarks" / "one-command.yaml")
 
 
 def run_cli(*args: str, out: Path) -> tuple[int, str, dict]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--target", "arm64-virt", "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
-    result_file = out / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.exists() else {}
-    return proc.returncode, proc.stdout + proc.stderr, result
+    return run_any("--target", "arm64-virt", *args, out=out)
 
 
 def snapshot_dir(result: dict) -> Path:
