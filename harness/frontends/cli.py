@@ -20,15 +20,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cma-harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def add_targets(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--target",
+            default="arm64-virt",
+            help="target name or YAML path, a comma list, or 'all' (default arm64-virt)",
+        )
+
     def add_cache(p: argparse.ArgumentParser) -> None:
         p.add_argument("--cache-dir", help="artifact cache (default $CMA_HARNESS_CACHE or ~/.cache/cma-harness)")
 
     p = sub.add_parser(
         "setup", help="check host packages and prove the toolchains link; install what is missing (root on Debian)"
     )
-    p.add_argument(
-        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
-    )
+    add_targets(p)
     p.add_argument(
         "--with",
         dest="extras",
@@ -40,18 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prepare", help="fetch, build and cache everything a run needs (kernels included), without booting"
     )
-    p.add_argument(
-        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
-    )
+    add_targets(p)
     p.add_argument("--kmod", help="driver source folder (default: the project's kmod/)")
     p.add_argument("--transport", choices=["serial", "ssh"], default="serial", help="ssh also prepares dropbear")
     p.add_argument("--no-install", action="store_true", help="never install host packages; fail with the fix")
     add_cache(p)
 
     p = sub.add_parser("run", help="build, boot, run a scenario, report a verdict")
-    p.add_argument(
-        "--target", default="arm64-virt", help="target name or YAML path, a comma list, or 'all' (default arm64-virt)"
-    )
+    add_targets(p)
     p.add_argument(
         "--scenario",
         action="append",
