@@ -14,7 +14,13 @@ import pytest
 
 pytestmark = pytest.mark.guest
 
-HANG = "name: hang\nsteps:\n  - insmod: {}\n  - shell: {run: 'sleep 600', timeout: 3}\n"
+# The hanging command announces itself on /dev/console (its stdout is captured until it ends),
+# so a test can wait until the hang is really under way before it signals the harness.
+HANG_MARK = "hang-under-way"
+HANG = (
+    "name: hang\nsteps:\n  - insmod: {}\n"
+    f"  - shell: {{run: 'echo {HANG_MARK} >/dev/console; sleep 600', timeout: 3}}\n"
+)
 
 
 def qemu_alive(out: Path) -> bool:
@@ -40,14 +46,18 @@ def start(tmp_path: Path, text: str = HANG) -> tuple[subprocess.Popen[str], Path
     return proc, out
 
 
-def wait_for_boot(out: Path, timeout: float = 120) -> None:
+def wait_for_console(out: Path, mark: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         log = out / "console.log"
-        if log.exists() and b"@@ready" in log.read_bytes():
+        if log.exists() and mark.encode() in log.read_bytes():
             return
         time.sleep(0.05)
-    raise AssertionError("guest did not boot")
+    raise AssertionError(f"{mark!r} never reached the console")
+
+
+def wait_for_boot(out: Path, timeout: float = 120) -> None:
+    wait_for_console(out, "@@ready", timeout)
 
 
 def test_hung_step_fails_within_timeout_plus_5s_with_console_tail(tmp_path):
@@ -68,7 +78,9 @@ def test_hung_step_fails_within_timeout_plus_5s_with_console_tail(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "sigkill"])
 def test_qemu_dies_with_the_harness(tmp_path, sig):
     proc, out = start(tmp_path)
-    wait_for_boot(out)
+    # Signal inside the hanging step (not in the gap between boot and the first step), so the
+    # result must show that step cut short.
+    wait_for_console(out, HANG_MARK)
     assert qemu_alive(out)
     os.kill(proc.pid, sig)
     output, _ = proc.communicate(timeout=10)
@@ -89,9 +101,8 @@ def test_qemu_dies_with_the_harness(tmp_path, sig):
 def test_qemu_killed_from_outside_is_an_environment_error_not_a_driver_failure(tmp_path):
     # A long step, so the kill lands inside it: the guest "stops answering", and only the
     # console tells a killed emulator (no panic) from a driver that hung or crashed the kernel.
-    proc, out = start(tmp_path, "name: long\nsteps:\n  - insmod: {}\n  - shell: {run: 'sleep 600', timeout: 60}\n")
-    wait_for_boot(out)
-    time.sleep(0.5)
+    proc, out = start(tmp_path, HANG.replace("timeout: 3", "timeout: 60"))
+    wait_for_console(out, HANG_MARK)
     os.kill(int((out / "qemu.pid").read_text()), signal.SIGKILL)
     killed = time.monotonic()
     output, _ = proc.communicate(timeout=30)
@@ -103,3 +114,4 @@ def test_qemu_killed_from_outside_is_an_environment_error_not_a_driver_failure(t
     assert "QEMU killed by SIGKILL during step" in result["error"]
     assert "no kernel panic or oops" in result["error"]
     assert "fail" not in [s["status"] for s in result["steps"]]
+    assert result["steps"][-1]["status"] == "error"
