@@ -19,7 +19,12 @@ from tests.fake_guest import Reply, dump_mem_lines, recorded_replies, runner_for
 ROOT = Path(__file__).resolve().parent.parent
 # Recorded by `cma-harness run --target arm64-virt --scenario configs/scenarios` on this branch.
 SUITE = ROOT / "tests" / "fixtures" / "replay" / "arm64-virt-suite.result.json"
-SCENARIOS = sorted((ROOT / "configs" / "scenarios").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "configs" / "scenarios").glob("*.yaml"))
+# fuzz.yaml is the one shipped scenario not replayed here: its thousand operations are checked by
+# the driver model against the guest's records, and the replay fixture keeps only each command's
+# first 300 characters. tests/test_model.py checks that loop against a simulated driver (and
+# broken ones), tests/guest/test_fuzz.py runs it in guests.
+SCENARIOS = [p for p in SHIPPED if p.stem != "fuzz"]
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
@@ -43,7 +48,8 @@ def test_shipped_scenarios_replay_to_the_recorded_verdicts(path: Path) -> None:
 def test_the_replayed_suite_covers_every_step_kind() -> None:
     kinds = {step.kind for p in SCENARIOS for step in load_scenario(p).steps}
     kinds |= {inner.kind for p in SCENARIOS for step in load_scenario(p).steps for inner in step.body}
-    assert set(REGISTRY) <= kinds
+    assert set(REGISTRY) - kinds == {"fuzz"}
+    assert any(step.kind == "fuzz" for p in SHIPPED for step in load_scenario(p).steps)
 
 
 def scenario_of(tmp_path: Path, steps: str):  # type: ignore[no-untyped-def]

@@ -31,6 +31,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -2221,9 +2222,9 @@ static int cmd_serve(const char *proc)
 	return 0;
 }
 
-static int ctl_unreachable(const char *proc, int e, const char *why)
+static int ctl_unreachable(FILE *out, const char *proc, int e, const char *why)
 {
-	printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot reach server %s: %s\n",
+	fprintf(out, "@cma op=ctl status=fail errno=%s name=%s msg=cannot reach server %s: %s\n",
 	       errname(e), proc, proc, why ? why : strerror(e));
 	return 1;
 }
@@ -2253,7 +2254,7 @@ static int write_request(const char *path, char **w, int nw)
 	return e;
 }
 
-static int cmd_ctl(const char *proc, char **w, int nw)
+static int ctl_request(const char *proc, char **w, int nw, FILE *out)
 {
 	char path[PATH_MAX], req[PATH_MAX], reply[PATH_MAX], note[32];
 	char *buf = NULL;
@@ -2264,11 +2265,11 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 	int me = (int)getpid();
 
 	if (!proc_name_ok(proc)) {
-		print_usage_record(stdout, "bad server name '%s'", proc);
+		print_usage_record(out, "bad server name '%s'", proc);
 		return 2;
 	}
 	if (nw == 0) {
-		print_usage_record(stdout, "ctl %s: no steps", proc);
+		print_usage_record(out, "ctl %s: no steps", proc);
 		return 2;
 	}
 	snprintf(path, sizeof(path), REQ_FIFO_FMT, proc);
@@ -2284,11 +2285,11 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 		e = errno;
 		snprintf(why, sizeof(why), "%s (nothing reads %s: the server exited or was killed)",
 			 strerror(e), path);
-		return ctl_unreachable(proc, e, e == ENXIO ? why : NULL);
+		return ctl_unreachable(out, proc, e, e == ENXIO ? why : NULL);
 	}
 	if (fstat(rfd, &st) < 0 || !S_ISFIFO(st.st_mode)) {
 		close(rfd);
-		return ctl_unreachable(proc, EINVAL, "its request file is not a FIFO");
+		return ctl_unreachable(out, proc, EINVAL, "its request file is not a FIFO");
 	}
 	e = write_request(req, w, nw);
 	if (!e) {
@@ -2300,7 +2301,7 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 	if (!e && ofd < 0)
 		e = errno;
 	if (e) {
-		printf("@cma op=ctl status=fail errno=%s name=%s msg=cannot create the request files in %s: %s\n",
+		fprintf(out, "@cma op=ctl status=fail errno=%s name=%s msg=cannot create the request files in %s: %s\n",
 		       errname(e), proc, RUN_DIR, strerror(e));
 		close(rfd);
 		unlink(req);
@@ -2327,7 +2328,7 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 		close(ofd);
 		unlink(req);
 		unlink(reply);
-		return ctl_unreachable(proc, e, e == EPIPE ? "it exited before taking the request" : NULL);
+		return ctl_unreachable(out, proc, e, e == EPIPE ? "it exited before taking the request" : NULL);
 	}
 
 	/*
@@ -2376,8 +2377,8 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 		while ((nl = memchr(buf, '\n', n))) {
 			size_t ll = (size_t)(nl - buf) + 1;
 
-			fwrite(buf, 1, ll, stdout);
-			fflush(stdout);
+			fwrite(buf, 1, ll, out);
+			fflush(out);
 			if (!strncmp(buf, "@cma ", 5)) {
 				records++;
 				*nl = 0;
@@ -2403,9 +2404,133 @@ static int cmd_ctl(const char *proc, char **w, int nw)
 	unlink(req);
 	unlink(reply);
 	if (!records) {
-		printf("@cma op=ctl status=fail errno=EPROTO name=%s msg=no reply from server %s%s\n",
+		fprintf(out, "@cma op=ctl status=fail errno=EPROTO name=%s msg=no reply from server %s%s\n",
 		       proc, proc, server_gone ? " (it exited or was killed before answering)" : "");
 		return 1;
+	}
+	return rc;
+}
+
+/* ---- several servers and guest actions in one command ---------------- */
+
+/*
+ * "ctl PROC STEP... ::PROC2 STEP... ::!kill PID ..." runs its parts in order,
+ * each after a line "@part" (so a caller can split the output), in one guest
+ * command: the fuzzer's whole round costs one round trip instead of one per
+ * process switch. Parts:
+ *   ::PROC STEP...     a request to server PROC (as "ctl PROC STEP...")
+ *   ::!exit PROC PID   ask server PROC to exit, then wait until PID is gone
+ *   ::!kill PID        SIGKILL PID, then wait until it is gone
+ *   ::!rmmod MODULE    delete_module(MODULE, O_NONBLOCK)
+ *   ::!insmod PATH     finit_module(PATH, no parameters)
+ * A guest action prints one record: "@cma op=guest action=A status=ok|fail errno=E".
+ * "Gone" is what the driver needs: the process exited or is a zombie (its files,
+ * /dev/cma_mem included, are closed), as the shell's wait_gone() means it.
+ */
+static bool pid_gone(int pid)
+{
+	char path[64], buf[512], *rp;
+	int fd;
+	ssize_t k;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return true;
+	k = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (k <= 0)
+		return true;
+	buf[k] = 0;
+	rp = strrchr(buf, ')');	/* the command name may hold spaces and ')' */
+	return !rp || rp[1] != ' ' || rp[2] == 'Z' || rp[2] == 'X';
+}
+
+static void wait_pid_gone(int pid)
+{
+	const struct timespec tick = { .tv_sec = 0, .tv_nsec = 1000000 };
+
+	while (!pid_gone(pid))
+		nanosleep(&tick, NULL);
+}
+
+static int guest_action(char **w, int nw)
+{
+	const char *a = w[0] + 3;	/* after "::!" */
+	int err = 0, fd;
+	long pid = 0;
+	char *end;
+
+	if ((!strcmp(a, "kill") && nw == 2) || (!strcmp(a, "exit") && nw == 3)) {
+		errno = 0;
+		pid = strtol(w[nw - 1], &end, 10);
+		if (errno || *end || pid <= 1 || pid > INT32_MAX) {
+			print_usage_record(stdout, "::!%s: bad pid '%s'", a, w[nw - 1]);
+			return 2;
+		}
+		if (!strcmp(a, "kill")) {
+			if (kill((pid_t)pid, SIGKILL) < 0 && errno != ESRCH)
+				err = errno;
+		} else {
+			char *bye[] = { "exit" };
+			FILE *null = fopen("/dev/null", "w");
+
+			/* The server's reply to "exit" is not this part's output. */
+			if (!null)
+				err = errno;
+			else {
+				ctl_request(w[1], bye, 1, null);
+				fclose(null);
+			}
+		}
+		if (!err)
+			wait_pid_gone((int)pid);
+	} else if (!strcmp(a, "rmmod") && nw == 2) {
+		if (syscall(SYS_delete_module, w[1], O_NONBLOCK) < 0)
+			err = errno;
+	} else if (!strcmp(a, "insmod") && nw == 2) {
+		fd = open(w[1], O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || syscall(SYS_finit_module, fd, "", 0) < 0)
+			err = errno;
+		if (fd >= 0)
+			close(fd);
+	} else {
+		print_usage_record(stdout, "unknown guest action '%s' with %d argument(s)", w[0], nw - 1);
+		return 2;
+	}
+	printf("@cma op=guest action=%s status=%s errno=%s\n", a, err ? "fail" : "ok", errname(err));
+	return err ? 1 : 0;
+}
+
+static int cmd_ctl(const char *proc, char **w, int nw)
+{
+	int i, start = 0, rc = 0;
+	const char *cur = proc;
+	bool multi = false;
+
+	for (i = 0; i < nw && !multi; i++)
+		multi = !strncmp(w[i], "::", 2);
+	if (!multi)
+		return ctl_request(proc, w, nw, stdout);
+	for (i = 0; i <= nw; i++) {
+		int part;
+
+		if (i < nw && strncmp(w[i], "::", 2))
+			continue;
+		/* w[start..i) is one part, addressed to cur (or a guest action) */
+		if (cur && !(i == 0 && cur == proc)) {	/* "ctl P ::Q ...": P has no part */
+			printf("@part\n");
+			fflush(stdout);
+			part = cur[0] == '!' ? guest_action(w + start - 1, i - start + 1)
+					     : ctl_request(cur, w + start, i - start, stdout);
+			if (part > rc)
+				rc = part;
+			fflush(stdout);
+		}
+		if (i < nw) {
+			cur = w[i] + 2;
+			start = i + 1;
+		}
 	}
 	return rc;
 }

@@ -91,6 +91,11 @@ class UserlandConfig:
     def libc_package(self) -> str:
         return USERLAND_LIBC[self.deb_arch]
 
+    @property
+    def bits(self) -> int:
+        """cma_test's word size (the driver model's limits for a 32-bit caller differ)."""
+        return 32 if self.deb_arch == "armhf" else 64
+
     def requirements(self, target: str) -> tuple[Requirement, ...]:
         return (
             Requirement(cross_gcc_package(self.cross_compile), f"build cma_test for {target}"),

@@ -65,11 +65,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def guest_fuzz(args: argparse.Namespace, out: Path, cache: Path, default_kmod: Path) -> int:
     from harness.config.targets import resolve_target
-    from harness.model.driver import DriverModel, Params
-    from harness.model.fuzz import Executor, GuestExecutor, fuzz, measure, minimise
-    from harness.model.gen import Generator
+    from harness.model.fuzz import fuzz_guest
     from harness.model.ops import count_steps
-    from harness.model.shrink import to_scenario_yaml
     from harness.run.result import RunResult
     from harness.run.session import RunOptions, Stages, boot_guest, prepare
 
@@ -84,43 +81,32 @@ def guest_fuzz(args: argparse.Namespace, out: Path, cache: Path, default_kmod: P
         guest = boot_guest(opts, stages, files, console_log, record)
         try:
             assert guest.transport is not None
-            ex = GuestExecutor(guest.transport)
-            params = measure(ex)
-            res = guest.facts.reservation
-            if res is not None:
-                # The contract: cma_total is the CMA area as the kernel reserved it (not what the driver says).
-                params.reservation = (res.base, res.base + (res.size_mib << 20))
-                params.cma_total = res.size_mib << 20
-            params.bits = 32 if target.userland.deb_arch == "armhf" else 64
-            model = DriverModel(params)
-            stats, failure = fuzz(model, ex, args.seed, args.ops, args.round, args.batch_chars, Generator(args.seed))
+            found = fuzz_guest(
+                guest.transport,
+                guest.facts.reservation,
+                target.userland.bits,
+                args.seed,
+                args.ops,
+                round_ops=args.round,
+                max_chars=args.batch_chars,
+                shrink_failure=not args.no_shrink,
+            )
             events = guest.events()
-            mismatches = [m.describe() for m in failure.mismatches] if failure else []
             report(
-                stats,
+                found.stats,
                 out,
-                {"seed": args.seed, "target": target.name, "mismatches": mismatches}
+                {"seed": args.seed, "target": target.name, "mismatches": found.mismatches}
                 | {"events": [e.title for e in events]},
             )
-            for line in mismatches[:10]:
+            for line in found.mismatches[:10]:
                 print("MISMATCH " + line)
             for event in events:
                 print(f"kernel {event.kind}: {event.title}")
-            if failure is None:
+            if found.failure is None:
                 return EXIT_FAIL if events else EXIT_PASS
-            if not args.no_shrink:
-
-                def fresh_model() -> DriverModel:
-                    return DriverModel(Params(**vars(params)))
-
-                def fresh_executor() -> Executor:
-                    ex.reset()
-                    return ex
-
-                small = minimise(failure, fresh_model, fresh_executor)
-                text = to_scenario_yaml(small, fresh_model(), description=failure.mismatches[0].describe())
-                (out / "repro.yaml").write_text(text)
-                print(f"shrunk to {count_steps(small)} steps: {out / 'repro.yaml'}")
+            if found.repro is not None:
+                (out / "repro.yaml").write_text(found.repro_yaml)
+                print(f"shrunk to {count_steps(found.repro)} steps: {out / 'repro.yaml'}")
                 print(f"reproduce: cma-harness run --target {target.name} --scenario {out / 'repro.yaml'}")
             return EXIT_FAIL
         finally:

@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from harness.errors import GuestSetupError
-from harness.guest.shell import MODULE_PATH, RESET_COMMAND, wait_gone
+from harness.guest.shell import MODULE, MODULE_PATH, RESET_COMMAND
 from harness.guest.transport.base import Transport
 from harness.model.check import Mismatch, check_batch, check_guest
 from harness.model.driver import DriverModel, Params
 from harness.model.gen import Generator
-from harness.model.ops import BATCH_CHARS, Op, batches, count_steps
-from harness.model.shrink import replan, shrink
+from harness.model.ops import BATCH_CHARS, Batch, Op, batches, count_steps
+from harness.model.shrink import replan, shrink, to_scenario_yaml
 from harness.oracles.cmatest import parse_records
+from harness.oracles.dmesg import CmaReservation
 
 
 class Executor(Protocol):
-    def batch(self, proc: str, ops: tuple[Op, ...]) -> str: ...
-
-    def guest(self, op: Op) -> bool: ...
+    def run(self, parts: Sequence[Batch]) -> list[str]:
+        """Run the parts in order; one output per part: a step part's cma_test records, a guest
+        action's `@cma op=guest` record. How many guest commands that takes is the executor's business."""
+        ...
 
 
 class SimExecutor:
@@ -39,19 +42,42 @@ class SimExecutor:
     def __init__(self, model: DriverModel) -> None:
         self.model = model
         self.model.p.fake_addresses = True
+        self.commands = 0
 
-    def batch(self, proc: str, ops: tuple[Op, ...]) -> str:
-        preds = self.model.apply_batch(ops, None)
-        lines = []
-        for p in sorted(preds, key=lambda p: p.step):
-            fields = dict(p.fields)
-            if p.op.kind == "fork":
-                fields.setdefault("pid", "4242")
-            lines.append(f"@cma step={p.step} " + " ".join(f"{k}={v}" for k, v in fields.items()))
-        return "\n".join(lines) + "\n"
+    def run(self, parts: Sequence[Batch]) -> list[str]:
+        self.commands += 1
+        out = []
+        for part in parts:
+            g = part.guest
+            if g is not None:
+                ok = self.model.guest(g).ok
+                out.append(
+                    f"@cma op=guest action={g.kind} status={'ok' if ok else 'fail'} errno={'0' if ok else 'EBUSY'}\n"
+                )
+                continue
+            preds = self.model.apply_batch(part.ops, None)
+            lines = []
+            for p in sorted(preds, key=lambda p: p.step):
+                fields = dict(p.fields)
+                if p.op.kind == "fork":
+                    fields.setdefault("pid", "4242")
+                lines.append(f"@cma step={p.step} " + " ".join(f"{k}={v}" for k, v in fields.items()))
+            out.append("\n".join(lines) + "\n")
+        return out
 
-    def guest(self, op: Op) -> bool:
-        return self.model.guest(op).ok
+
+def guest_ok(output: str) -> bool:
+    """Did the guest action whose output this is succeed?"""
+    recs = [r for r in parse_records(output) if r.op == "guest"]
+    return bool(recs) and recs[-1].get("errno") == "0"
+
+
+def check_part(model: DriverModel, part: Batch, output: str) -> list[Mismatch]:
+    """One part's output against the model (which moves on by that part)."""
+    g = part.guest
+    if g is not None:
+        return check_guest(model.guest(g), guest_ok(output), output.strip())
+    return check_batch(model, part.ops, output)
 
 
 @dataclass
@@ -62,13 +88,9 @@ class Failure:
 
 def run_sequence(ops: list[Op], model: DriverModel, ex: Executor, max_chars: int = BATCH_CHARS) -> list[Mismatch]:
     """Run ops command by command, checking each against the model; stop at the first mismatch."""
-    for b in batches(ops, max_chars):
-        g = b.guest
-        if g is not None:
-            outcome = model.guest(g)
-            found = check_guest(outcome, ex.guest(g))
-        else:
-            found = check_batch(model, b.ops, ex.batch(b.proc, b.ops))
+    parts = list(batches(ops, max_chars))
+    for part, output in zip(parts, ex.run(parts), strict=True):
+        found = check_part(model, part, output)
         if found:
             return found
     return []
@@ -102,23 +124,26 @@ def fuzz(
     start = time.monotonic()
     while stats.ops < total_ops:
         ops = gen.round(model, min(round_ops, total_ops - stats.ops))
-        for b in batches(ops, max_chars):
-            history.extend(b.ops)
-            stats.commands += 1
-            found = run_sequence(list(b.ops), model, ex, max_chars)
-            stats.ops += count_steps(b.ops)
+        # The whole round goes to the executor at once (one guest round trip for hundreds of
+        # steps); the parts are then checked in order, and the first mismatch ends the run.
+        parts = list(batches(ops, max_chars))
+        for part, output in zip(parts, ex.run(parts), strict=True):
+            history.extend(part.ops)
+            stats.ops += count_steps(part.ops)
+            found = check_part(model, part, output)
             if found:
                 stats.seconds = time.monotonic() - start
                 stats.coverage = dict(gen.coverage)
+                stats.commands = getattr(ex, "commands", 0)
                 return stats, Failure(history, found)
     probe = getattr(ex, "capacity", None)
     if probe is not None and model.loaded:
         # The leak oracle: every process gone, nothing live in the model; what can be allocated
         # must be what could be allocated at the start, to the CMA granule of a block (2 pages).
-        for name in list(model.procs):
-            end = Op("exit", name)
+        ends = [Op("exit", name) for name in list(model.procs)]
+        for end in ends:
             model.guest(end)
-            ex.guest(end)
+        ex.run([Batch(end.proc, (end,)) for end in ends])
         assert model.live_pages == 0
         got, count = probe()
         model.consume_ids(count)
@@ -127,9 +152,11 @@ def fuzz(
             detail = f"{base - got} bytes fewer allocatable than at the start ({base} -> {got}): CMA leaked"
             stats.seconds = time.monotonic() - start
             stats.coverage = dict(gen.coverage)
+            stats.commands = getattr(ex, "commands", 0)
             return stats, Failure(history, [Mismatch("leak", 0, None, detail=detail)])
     stats.seconds = time.monotonic() - start
     stats.coverage = dict(gen.coverage)
+    stats.commands = getattr(ex, "commands", 0)
     return stats, None
 
 
@@ -155,47 +182,102 @@ class ExecutorFactory(Protocol):
 
 
 class GuestExecutor:
-    """cma_test servers in a booted guest, one per process name, started on first use."""
+    """cma_test servers in a booted guest, one per process name, started on first use.
 
-    def __init__(self, transport: Transport, timeout: float = 120.0) -> None:
+    A round's parts travel together: `cma_test ctl - ::P1 STEP... ::P2 STEP... ::!kill PID ...`
+    runs them in order inside the guest and prints `@part` before each part's output, so the
+    fuzzer pays one round trip per ~max_chars of operations, not one per process switch or
+    guest action. Servers a command needs are started at its head (`cma_test serve P;`)."""
+
+    def __init__(self, transport: Transport, timeout: float = 120.0, max_chars: int = BATCH_CHARS) -> None:
         self.t = transport
         self.timeout = timeout
+        self.max_chars = max_chars
         self.pids: dict[str, int] = {}
+        self.commands = 0
 
     def run_command(self, command: str) -> tuple[int, str, str]:
+        self.commands += 1
         out = self.t.run(command, timeout=self.timeout)
         return out.status, out.stdout, out.stderr
 
-    def _ensure(self, proc: str) -> None:
-        if proc in self.pids:
-            return
-        _, stdout, stderr = self.run_command(f"cma_test serve {shlex.quote(proc)}")
-        recs = parse_records(stdout)
-        pid = recs[0].int("pid") if recs else None
-        if pid is None:
-            raise GuestSetupError(f"the guest-side helper `cma_test serve {proc}` could not start: {stdout} {stderr}")
-        self.pids[proc] = pid
+    def run(self, parts: Sequence[Batch]) -> list[str]:
+        outputs: list[str] = []
+        i = 0
+        while i < len(parts):
+            plan = self._plan(parts, i)
+            outputs.extend(self._send(plan))
+            i = plan.end
+        return outputs
 
-    def batch(self, proc: str, ops: tuple[Op, ...]) -> str:
-        self._ensure(proc)
-        words = " ".join(op.words() for op in ops)
-        _, stdout, _ = self.run_command(f"cma_test ctl {shlex.quote(proc)} {words}")
-        return stdout
-
-    def guest(self, op: Op) -> bool:
-        if op.kind in ("exit", "kill"):
-            pid = self.pids.pop(op.proc, None)
-            if pid is None:
-                return True
-            if op.kind == "exit":
-                self.run_command(f"cma_test ctl {shlex.quote(op.proc)} exit >/dev/null")
+    def _plan(self, parts: Sequence[Batch], i: int) -> _Command:
+        """The longest run of parts from i that one guest command can hold."""
+        cmd = _Command(end=i)
+        for part in parts[i:]:
+            g = part.guest
+            word: str | None
+            server = ended = None
+            if g is None:
+                if not cmd.alive(part.proc, self.pids):
+                    if part.proc in cmd.ended:
+                        break  # a new server of an ended name: after this command's reply
+                    server = part.proc
+                word = f"::{part.proc} {part.words()}"
+            elif g.kind in ("exit", "kill"):
+                if g.proc in cmd.serve:
+                    break  # its pid arrives with this command's reply
+                pid = self.pids.get(g.proc) if g.proc not in cmd.ended else None
+                word = None if pid is None else (f"::!exit {g.proc} {pid}" if g.kind == "exit" else f"::!kill {pid}")
+                ended = g.proc if pid is not None else None
+            elif g.kind == "rmmod":
+                word = f"::!rmmod {MODULE}"
             else:
-                self.run_command(f"kill -9 {pid}")
-            self.run_command(wait_gone(str(pid)))
-            return True
-        if op.kind == "rmmod":
-            return self.run_command("rmmod cma_mem")[0] == 0
-        return self.run_command(f"insmod {MODULE_PATH}")[0] == 0
+                word = f"::!insmod {MODULE_PATH}"
+            cost = len(word or "") + 1 + (len(f"cma_test serve {server}; ") if server else 0)
+            if cmd.end > i and cmd.size + cost > self.max_chars:
+                break
+            if server:
+                cmd.serve.append(server)
+            if ended:
+                cmd.ended.add(ended)
+            cmd.words.append(word)
+            cmd.size += cost
+            cmd.end += 1
+        return cmd
+
+    def _send(self, cmd: _Command) -> list[str]:
+        remote = [w for w in cmd.words if w is not None]
+        head = "".join(f"cma_test serve {shlex.quote(p)}; " for p in cmd.serve)
+        stdout = stderr = ""
+        if remote:
+            _, stdout, stderr = self.run_command(head + "cma_test ctl - " + " ".join(remote))
+        lines = stdout.splitlines(keepends=True)
+        first = next((k for k, line in enumerate(lines) if line == "@part\n"), len(lines))
+        for rec in parse_records("".join(lines[:first])):
+            if rec.op == "serve":
+                pid = rec.int("pid")
+                if pid is None:
+                    raise GuestSetupError(
+                        f"the guest-side helper `cma_test serve {rec.get('name')}` could not start: {rec.describe()}"
+                    )
+                self.pids[rec.get("name") or ""] = pid
+        missing = [p for p in cmd.serve if p not in self.pids]
+        if missing:
+            raise GuestSetupError(
+                f"the guest-side helper `cma_test serve {missing[0]}` did not answer: {stdout} {stderr}"
+            )
+        for name in cmd.ended:
+            self.pids.pop(name, None)
+        chunks: list[str] = []
+        for line in lines[first:]:
+            if line == "@part\n":
+                chunks.append("")
+            else:
+                chunks[-1] += line
+        chunks += [""] * (len(remote) - len(chunks))  # the guest stopped answering mid-command
+        it = iter(chunks)
+        # A no-op (exit or kill of a process never started): ok, as the model says.
+        return [next(it) if w is not None else "@cma op=guest action=noop status=ok errno=0\n" for w in cmd.words]
 
     def capacity(self) -> tuple[int, int]:
         """Bytes and blocks an exhaust probe gets (granule: 8 KiB, the least a block holds)."""
@@ -207,6 +289,21 @@ class GuestExecutor:
         self.run_command(RESET_COMMAND)
         self.pids.clear()
         self.run_command(f"insmod {MODULE_PATH}")
+
+
+@dataclass
+class _Command:
+    """One guest command being planned: its parts end before `end`, the servers it starts
+    first, the process names it ends (exit or kill)."""
+
+    end: int
+    words: list[str | None] = field(default_factory=list)  # None: a part with nothing to send
+    serve: list[str] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)
+    size: int = 0
+
+    def alive(self, proc: str, pids: dict[str, int]) -> bool:
+        return proc in self.serve or (proc in pids and proc not in self.ended)
 
 
 PROBE_CHUNKS = "16M,1M,64K,8K"
@@ -221,3 +318,57 @@ def measure(ex: GuestExecutor) -> Params:
     capacity = recs["exhaust"].int("total") or total
     ex.run_command("rmmod cma_mem; insmod /lib/modules/cma_mem.ko")  # the probe used ids: start again from 1
     return Params(cma_total=total, capacity=capacity)
+
+
+@dataclass
+class GuestFuzz:
+    """What one fuzz session in a guest found (the CLI and the `fuzz` step both report this)."""
+
+    params: Params
+    stats: FuzzStats
+    failure: Failure | None
+    repro: list[Op] | None = None  # the shrunk sequence, when there was a failure and shrinking ran
+    repro_yaml: str = ""  # that sequence as a scenario
+
+    @property
+    def mismatches(self) -> list[str]:
+        return [m.describe() for m in self.failure.mismatches] if self.failure else []
+
+
+def fuzz_guest(
+    transport: Transport,
+    reservation: CmaReservation | None,
+    bits: int,
+    seed: int,
+    ops: int,
+    *,
+    round_ops: int = 200,
+    max_chars: int = BATCH_CHARS,
+    shrink_failure: bool = True,
+) -> GuestFuzz:
+    """Seeded operations on a booted guest from a fresh module load, checked against the model;
+    a mismatch is shrunk (every candidate replayed from a fresh load) to a reproducing scenario.
+    Leaves the module loaded and no cma_test process running."""
+    ex = GuestExecutor(transport, max_chars=max_chars)
+    ex.run_command(RESET_COMMAND)
+    params = measure(ex)
+    if reservation is not None:
+        # The contract: cma_total is the CMA area as the kernel reserved it (not what the driver says).
+        params.reservation = (reservation.base, reservation.end)
+        params.cma_total = reservation.size_mib << 20
+    params.bits = bits
+    stats, failure = fuzz(DriverModel(params), ex, seed, ops, round_ops, max_chars, Generator(seed))
+    found = GuestFuzz(params, stats, failure)
+    if failure is not None and shrink_failure:
+
+        def fresh_model() -> DriverModel:
+            return DriverModel(Params(**vars(params)))
+
+        def fresh_executor() -> Executor:
+            ex.reset()
+            return ex
+
+        found.repro = minimise(failure, fresh_model, fresh_executor)
+        found.repro_yaml = to_scenario_yaml(found.repro, fresh_model(), description=failure.mismatches[0].describe())
+    ex.run_command(RESET_COMMAND + f"; insmod {MODULE_PATH}")
+    return found

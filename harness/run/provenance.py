@@ -68,7 +68,6 @@ def _stat_key(kind: str, path: Path) -> str:
     return f"{kind}:{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
-
 def _first_line(argv: list[str]) -> str:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=20)

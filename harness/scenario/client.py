@@ -77,8 +77,10 @@ class DriverClient:
         barrier: Callable[[str], None] = lambda s: None,
         command_timeout: float = 60.0,
         module_symbols: list[Symbol] | None = None,
+        userland_bits: int = 64,
     ) -> None:
         self.transport = transport
+        self.userland_bits = userland_bits  # cma_test's word size, for the driver model (fuzz)
         self.kernel_log = kernel_log
         self.state = RunState(reservation)
         self.barrier = barrier  # waits until the kernel log has caught up

@@ -63,6 +63,7 @@ class ScenarioRunner:
         barrier: Callable[[str], None] = lambda s: None,
         command_timeout: float = 60.0,
         module_symbols: list[Symbol] | None = None,
+        userland_bits: int = 64,
     ) -> None:
         self.client = DriverClient(
             transport,
@@ -71,6 +72,7 @@ class ScenarioRunner:
             barrier=barrier,
             command_timeout=command_timeout,
             module_symbols=module_symbols,
+            userland_bits=userland_bits,
         )
         self.kernel_log = kernel_log
         self.events = events  # all kernel events so far (live detector)
@@ -100,6 +102,7 @@ class ScenarioRunner:
             barrier=guest.barrier,
             command_timeout=guest.target.timeouts.command,
             module_symbols=module_functions(guest.boot.module),
+            userland_bits=guest.target.userland.bits,
         )
 
     @property

@@ -21,6 +21,7 @@ from harness.config import abi
 from harness.config.yamlconf import (
     Field,
     Schema,
+    is_bool,
     is_int,
     is_number,
     is_positive_int,
@@ -39,6 +40,7 @@ from harness.guest.shell import (
     RMMOD_COMMAND,
     capacity_probe_command,
     insmod_command,
+    section_bases_command,
 )
 from harness.oracles.checks import CAPACITY_CHUNKS, capacity_problems, rmmod_problems
 from harness.oracles.cmatest import parse_records
@@ -771,6 +773,58 @@ register(
         "dmesg",
         (Field("contains", regex, default=None), Field("absent", regex, default=None)),
         run=_dmesg,
+    )
+)
+
+
+# --- fuzz: seeded operations checked against the driver model --------------------------
+
+
+def _fuzz(client: DriverClient, step: Step, result: StepResult) -> None:
+    # Imported here: the model and generator cost ~0.1 s to import, paid only by scenarios using them.
+    from harness.model.fuzz import fuzz_guest
+    from harness.model.ops import count_steps
+
+    a = step.args
+    found = fuzz_guest(
+        client.transport,
+        client.state.reservation,
+        client.userland_bits,
+        a["seed"],
+        a["ops"],
+        shrink_failure=a["shrink"],
+    )
+    # The fuzzer leaves a fresh load of the driver: where its code is now, for symbolize().
+    client.note_module_load(client.run(result, section_bases_command()).stdout)
+    st = found.stats
+    result.notes.append(f"{st.ops} ops in {st.commands} commands, {st.seconds:.1f} s ({st.rate:.0f} ops/s)")
+    result.fail_all(found.mismatches[:10])
+    if found.repro is not None:
+        result.fail(f"shrunk to {count_steps(found.repro)} steps; the reproducing scenario:\n{found.repro_yaml}")
+
+
+def _fuzz_check(step: Step, model: LiveModel, source: str) -> None:
+    # The fuzzer starts from a fresh module load with its own processes: it ends any the
+    # scenario runs, which would then fail for a reason the file does not show.
+    if model.live:
+        raise ConfigError(
+            f"{source}:{step.line}: step 'fuzz' needs no cma_test process running; "
+            f"end {', '.join(sorted(model.live))} first (exit or kill)"
+        )
+
+
+register(
+    StepKind(
+        "fuzz",
+        (
+            Field("seed", is_int, default=1, doc="the generator's seed: the same seed, the same operations"),
+            Field("ops", is_positive_int, default=1000, doc="operations to run"),
+            Field("shrink", is_bool, default=True, doc="shrink a mismatch to a reproducing scenario"),
+        ),
+        run=_fuzz,
+        shorthand="ops",
+        check=_fuzz_check,
+        driver_only=lambda a: "it exercises the driver's own ioctls",
     )
 )
 
