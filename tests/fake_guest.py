@@ -64,7 +64,7 @@ class ReplayTransport:
         self.strict = strict
         self.sent: list[str] = []
 
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         self.sent.append(command)
         assert self.replies, f"no recorded reply left for {command!r}"
         reply = self.replies.pop(0)

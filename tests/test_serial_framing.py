@@ -1,9 +1,11 @@
 """The serial protocol's host half: rebuild framed output, prove it by md5, detect corruption."""
 
+import base64
+import gzip
 import hashlib
 
 from harness.guest.console import split_kernel_lines
-from harness.guest.transport.serial import rebuild, unescape
+from harness.guest.transport.serial import BASE64_LINE, inflate, rebuild, unescape
 
 
 def md5(text: str) -> str:
@@ -41,3 +43,32 @@ def test_split_kernel_lines():
     assert split_kernel_lines("abc[    1.000000] x") == ["abc", "[    1.000000] x"]
     assert split_kernel_lines("[    1.000000] x") == ["[    1.000000] x"]
     assert split_kernel_lines("@5o|\\x5b    1.000000] old dmesg") == ["@5o|\\x5b    1.000000] old dmesg"]
+
+
+def packed(text: str) -> list[str]:
+    """What guestinit's __z prints for stdout: `gzip -c | base64`, 76 characters a line."""
+    data = base64.b64encode(gzip.compress(text.encode())).decode()
+    return [data[i : i + 76] for i in range(0, len(data), 76)]
+
+
+RECORDS = "".join(f"@cma step={i} op=info status=ok errno=0 name=b{i} id={i} len=4096\n" for i in range(200))
+
+
+def test_bulky_output_inflates_and_is_much_smaller():
+    lines = packed(RECORDS)
+    assert inflate(lines) == RECORDS
+    assert sum(len(line) + 1 for line in lines) * 4 < len(RECORDS)
+    assert all(BASE64_LINE.match(line) for line in lines)
+
+
+def test_bulky_output_with_a_kernel_message_inside_is_detected():
+    lines = packed(RECORDS)
+    # A printk in the middle of a base64 line: the console splits it off; the kernel part is not
+    # base64 (spaces, '['), the two halves are, so the stream has the right characters in pieces.
+    cut = split_kernel_lines(lines[3][:30] + "[   12.345678] cma_mem: x")
+    assert not BASE64_LINE.match(cut[1])
+    broken = [*lines[:3], cut[0], lines[3][30:], *lines[4:]]
+    assert inflate(broken) == RECORDS  # pieces of one line rejoin: nothing lost
+    assert inflate([*lines[:3], *lines[4:]]) is None  # a line lost
+    assert inflate([*lines[:3], "SGVsbG8", *lines[3:]]) is None  # a stray base64-looking line
+    assert inflate(lines[:-1]) is None  # the end lost

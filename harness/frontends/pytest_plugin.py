@@ -80,8 +80,8 @@ class BootedGuest:
         assert guest.transport is not None
         self.transport = guest.transport
 
-    def run(self, command: str, timeout: float | None = None) -> Any:
-        return self.transport.run(command, timeout=timeout)
+    def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> Any:
+        return self.transport.run(command, timeout=timeout, bulky=bulky)
 
     @property
     def reservation(self) -> Any:

@@ -127,7 +127,7 @@ class ScriptTransport:
         self.step: Step | None = None
         self.sent: list[GuestCommand] = []
 
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         text = command
         for sentinel, process in self.sentinels.items():
             text = re.sub(rf"\b{sentinel}\b", pid_var(process), text)

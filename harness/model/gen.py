@@ -297,7 +297,8 @@ class Generator:
         """About n steps planned from the model's state (the model itself is not changed)."""
         plan = model.clone()
         out: list[Op] = []
-        while count_steps(out) < n:
+        steps = 0  # count_steps(out), kept as it grows
+        while steps < n:
             r = self.rng.random()
             if r < self.switch:
                 self.cur = self.rng.choice(self.procs)
@@ -308,12 +309,14 @@ class Generator:
                     planned = self._plan(plan, op)
                     if planned is not None:
                         out.append(planned)
+                        steps += count_steps((planned,))
                 continue
             pr = plan.proc(self.cur)
             op = self._step(plan, pr)
             planned = self._plan(plan, op)
             if planned is not None:
                 out.append(planned)
+                steps += count_steps((planned,))
         return out
 
 

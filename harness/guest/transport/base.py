@@ -23,8 +23,9 @@ class CommandResult:
 class Transport(Protocol):
     name: str
 
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
-        """Run a shell command in the guest; its real exit status, stdout and stderr apart."""
+    def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
+        """Run a shell command in the guest; its real exit status, stdout and stderr apart.
+        bulky: the output is expected to be big (kilobytes): a slow link may compress it."""
         ...
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:

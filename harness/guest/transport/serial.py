@@ -9,17 +9,21 @@ corrupted reply is asked for again.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import re
 import shlex
 import time
+import zlib
 from collections.abc import Callable
 
 from harness.errors import GuestError
 from harness.guest.console import Console, ConsoleClosed
 from harness.guest.transport.base import CommandResult
 
-END = re.compile(r"^@@(\d+) X (\d+) ([0-9a-f]{32}) ([0-9a-f]{32})$")
+END = re.compile(r"^@@(\d+) X (\d+) ([0-9a-f]{32}|gzip) ([0-9a-f]{32})$")
+# A line of a bulky command's compressed stdout (guestinit's __z).
+BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 # The canonical-mode tty takes at most 4095 bytes per line.
 MAX_LINE = 3800
 RE_EMIT_ATTEMPTS = 3
@@ -34,6 +38,15 @@ _ESCAPE = re.compile(r"\\\\|\\x5b")
 def unescape(text: str) -> str:
     """Undo the guest's framing escapes: '\\\\' -> '\\', '\\x5b' -> '['."""
     return _ESCAPE.sub(lambda m: "\\" if m.group(0) == "\\\\" else "[", text)
+
+
+def inflate(lines: list[str]) -> str | None:
+    """The text a bulky command's base64 gzip lines carry; None if any of it was lost or changed."""
+    try:
+        data = gzip.decompress(base64.b64decode("".join(lines), validate=True))
+    except (ValueError, OSError, EOFError, zlib.error):
+        return None
+    return data.decode("utf-8", "surrogateescape")
 
 
 def rebuild(lines: list[str], prefix: str, md5: str) -> str | None:
@@ -61,16 +74,18 @@ class SerialTransport:
         self.fatal_count = fatal_count  # kernel faults seen so far (the guest's fault detector)
         self._next_id = 1
 
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
+        """bulky: stdout comes gzip-compressed (guestinit's __hz): ~2.3 µs a byte over the UART
+        under TCG, so a 20 KB reply takes 12 ms instead of 60."""
         if len(command) > MAX_LINE:
             raise GuestError(f"command too long for the serial console ({len(command)} bytes): {command[:80]}...")
         timeout = timeout or self.default_timeout
         cid = self._next_id
         self._next_id += 1
         started = time.monotonic()
-        self.console.send_line(f"__h {cid} {shlex.quote(command)}")
+        self.console.send_line(f"__h{'z' if bulky else ''} {cid} {shlex.quote(command)}")
         for _attempt in range(RE_EMIT_ATTEMPTS):
-            status, stdout, stderr = self._collect(cid, command, started + timeout, timeout)
+            status, stdout, stderr = self._collect(cid, command, started + timeout, timeout, bulky)
             if stdout is not None and stderr is not None:
                 return CommandResult(
                     command=command,
@@ -81,16 +96,19 @@ class SerialTransport:
                     duration=time.monotonic() - started,
                 )
             # A kernel message landed inside the framed output: ask for it again.
-            self.console.send_line(f"__e {cid}")
+            self.console.send_line(f"__{'z' if bulky else 'e'} {cid}")
         raise GuestError(
             f"output of '{command}' stayed corrupted after {RE_EMIT_ATTEMPTS} attempts", detail=self.console.tail()
         )
 
-    def _collect(self, cid: int, command: str, deadline: float, timeout: float) -> tuple[int, str | None, str | None]:
+    def _collect(
+        self, cid: int, command: str, deadline: float, timeout: float, bulky: bool = False
+    ) -> tuple[int, str | None, str | None]:
         began = deadline - timeout
         out_prefix, err_prefix = f"@{cid}o|", f"@{cid}e|"
         begin = f"@@{cid} B"
         framed: list[str] = []
+        packed: list[str] = []  # bulky: stdout's base64 lines
         started = False
         fatal_before = self.fatal_count()
         after_fault = False
@@ -112,19 +130,18 @@ class SerialTransport:
                 raise
             text = line.text
             if text == begin:
-                started, framed = True, []
+                started, framed, packed = True, [], []
                 continue
             if not started:
                 continue
             m = END.match(text)
             if m and int(m.group(1)) == cid:
-                return (
-                    int(m.group(2)),
-                    rebuild(framed, out_prefix, m.group(3)),
-                    rebuild(framed, err_prefix, m.group(4)),
-                )
+                stdout = inflate(packed) if m.group(3) == "gzip" else rebuild(framed, out_prefix, m.group(3))
+                return int(m.group(2)), stdout, rebuild(framed, err_prefix, m.group(4))
             if text.startswith((out_prefix, err_prefix)):
                 framed.append(text)
+            elif bulky and BASE64_LINE.match(text):
+                packed.append(text)
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write a file through the console: base64 in chunks that fit one tty line."""

@@ -121,7 +121,7 @@ class SshTransport:
         self.default_timeout = default_timeout
         self._next_id = 1
 
-    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+    def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         timeout = timeout or self.default_timeout
         cid = self._next_id
         self._next_id += 1
