@@ -64,6 +64,9 @@ class ReplayTransport:
         self.strict = strict
         self.sent: list[str] = []
 
+    def fits(self, command: str, *, bulky: bool = False) -> bool:
+        return True
+
     def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         self.sent.append(command)
         assert self.replies, f"no recorded reply left for {command!r}"

@@ -238,8 +238,25 @@ static void drop_request_fifo(void)
 	struct stat now;
 
 	if (S.req_path && stat(S.req_path, &now) == 0 &&
-	    now.st_ino == S.req_st.st_ino && now.st_dev == S.req_st.st_dev)
+	    now.st_ino == S.req_st.st_ino && now.st_dev == S.req_st.st_dev) {
+		char pidfile[PATH_MAX];
+		size_t n = strlen(S.req_path);
+		FILE *f;
+		int pid = 0;
+
 		unlink(S.req_path);
+		/* PROC.in -> PROC.pid (see write_pid_file), if it still names this server */
+		if (n > 3 && n < sizeof(pidfile) - 1) {
+			memcpy(pidfile, S.req_path, n - 3);
+			strcpy(pidfile + n - 3, ".pid");
+			f = fopen(pidfile, "re");
+			if (f) {
+				if (fscanf(f, "%d", &pid) == 1 && pid == (int)getpid())
+					unlink(pidfile);
+				fclose(f);
+			}
+		}
+	}
 	S.req_path = NULL;
 }
 
@@ -2115,6 +2132,42 @@ static int claim_name(const char *proc, const char *path, const char **what)
 	return -e;
 }
 
+/*
+ * RUN_DIR/PROC.pid: the pid of the server last started as PROC, for "ctl ::!kill PROC" and
+ * "::!exit PROC" (a command that starts and ends a server need not wait for its pid to
+ * travel to the host and back). Written by the starter once the server listens.
+ */
+#define PID_FILE_FMT RUN_DIR "/%s.pid"
+
+static void write_pid_file(const char *proc, int pid)
+{
+	char path[PATH_MAX];
+	FILE *f;
+
+	snprintf(path, sizeof(path), PID_FILE_FMT, proc);
+	f = fopen(path, "we");
+	if (f) {
+		fprintf(f, "%d\n", pid);
+		fclose(f);
+	}
+}
+
+static int read_pid_file(const char *proc)
+{
+	char path[PATH_MAX];
+	FILE *f;
+	int pid = 0;
+
+	snprintf(path, sizeof(path), PID_FILE_FMT, proc);
+	f = fopen(path, "re");
+	if (f) {
+		if (fscanf(f, "%d", &pid) != 1)
+			pid = 0;
+		fclose(f);
+	}
+	return pid;
+}
+
 static int cmd_serve(const char *proc)
 {
 	char path[PATH_MAX];
@@ -2217,6 +2270,7 @@ static int cmd_serve(const char *proc)
 			return 1;
 		}
 		printf("@cma op=serve status=ok name=%s pid=%d\n", proc, spid);
+		write_pid_file(proc, spid);
 	}
 	fflush(stdout);
 	return 0;
@@ -2419,11 +2473,13 @@ static int ctl_request(const char *proc, char **w, int nw, FILE *out)
  * command: the fuzzer's whole round costs one round trip instead of one per
  * process switch. Parts:
  *   ::PROC STEP...     a request to server PROC (as "ctl PROC STEP...")
- *   ::!exit PROC PID   ask server PROC to exit, then wait until PID is gone
- *   ::!kill PID        SIGKILL PID, then wait until it is gone
+ *   ::!serve PROC      start server PROC (as "serve PROC", its record included)
+ *   ::!exit PROC       ask server PROC to exit, then wait until it is gone
+ *   ::!kill PROC       SIGKILL server PROC, then wait until it is gone
  *   ::!rmmod MODULE    delete_module(MODULE, O_NONBLOCK)
  *   ::!insmod PATH     finit_module(PATH, no parameters)
- * A guest action prints one record: "@cma op=guest action=A status=ok|fail errno=E".
+ * The other guest actions print one record: "@cma op=guest action=A status=ok|fail errno=E"
+ * (exit and kill: ESRCH when no server of that name was started).
  * "Gone" is what the driver needs: the process exited or is a zombie (its files,
  * /dev/cma_mem included, are closed), as the shell's wait_gone() means it.
  */
@@ -2457,18 +2513,22 @@ static void wait_pid_gone(int pid)
 static int guest_action(char **w, int nw)
 {
 	const char *a = w[0] + 3;	/* after "::!" */
-	int err = 0, fd;
-	long pid = 0;
-	char *end;
+	int err = 0, fd, pid;
 
-	if ((!strcmp(a, "kill") && nw == 2) || (!strcmp(a, "exit") && nw == 3)) {
-		errno = 0;
-		pid = strtol(w[nw - 1], &end, 10);
-		if (errno || *end || pid <= 1 || pid > INT32_MAX) {
-			print_usage_record(stdout, "::!%s: bad pid '%s'", a, w[nw - 1]);
+	if (!strcmp(a, "serve") && nw == 2) {
+		/* Prints its own record, "@cma op=serve ... pid=N", as "cma_test serve PROC" does. */
+		fflush(stdout);
+		return cmd_serve(w[1]);
+	}
+	if ((!strcmp(a, "kill") || !strcmp(a, "exit")) && nw == 2) {
+		if (!proc_name_ok(w[1])) {
+			print_usage_record(stdout, "::!%s: bad server name '%s'", a, w[1]);
 			return 2;
 		}
-		if (!strcmp(a, "kill")) {
+		pid = read_pid_file(w[1]);
+		if (pid <= 1) {
+			err = ESRCH;
+		} else if (!strcmp(a, "kill")) {
 			if (kill((pid_t)pid, SIGKILL) < 0 && errno != ESRCH)
 				err = errno;
 		} else {
@@ -2484,7 +2544,13 @@ static int guest_action(char **w, int nw)
 			}
 		}
 		if (!err)
-			wait_pid_gone((int)pid);
+			wait_pid_gone(pid);
+		if (!err && !strcmp(a, "kill")) {
+			char path[PATH_MAX];
+
+			snprintf(path, sizeof(path), PID_FILE_FMT, w[1]);
+			unlink(path);	/* a killed server cannot remove it (nor its FIFO: the next serve does) */
+		}
 	} else if (!strcmp(a, "rmmod") && nw == 2) {
 		if (syscall(SYS_delete_module, w[1], O_NONBLOCK) < 0)
 			err = errno;

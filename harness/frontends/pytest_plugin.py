@@ -80,6 +80,9 @@ class BootedGuest:
         assert guest.transport is not None
         self.transport = guest.transport
 
+    def fits(self, command: str, *, bulky: bool = False) -> bool:
+        return bool(self.transport.fits(command, bulky=bulky))
+
     def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> Any:
         return self.transport.run(command, timeout=timeout, bulky=bulky)
 

@@ -124,6 +124,9 @@ class RecordedTransport:
         (kernel messages a command causes arrive before its framed output, which the guest prints at its end)."""
         self.feed_until(min((s.at for s in self.log.sent if s.at >= self.pos), default=len(self.lines)))
 
+    def fits(self, command: str, *, bulky: bool = False) -> bool:
+        return True
+
     def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         found = next((k for k, c in enumerate(self.pending) if c.resolve(self.pids) == command), None)
         if found is None:

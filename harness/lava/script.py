@@ -127,6 +127,9 @@ class ScriptTransport:
         self.step: Step | None = None
         self.sent: list[GuestCommand] = []
 
+    def fits(self, command: str, *, bulky: bool = False) -> bool:
+        return True
+
     def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         text = command
         for sentinel, process in self.sentinels.items():

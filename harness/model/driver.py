@@ -27,7 +27,7 @@ same value (info after alloc).
 
 from __future__ import annotations
 
-import copy
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -257,7 +257,10 @@ class DriverModel:
         self._fake_user = 0x7F00_0000_0000
 
     def clone(self) -> DriverModel:
-        return copy.deepcopy(self)
+        # A pickle round trip copies the object graph (files, blocks, mappings point at each
+        # other) like deepcopy, ~3 times faster; the generator clones before every write and fork.
+        copied: DriverModel = pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        return copied
 
     # -- derived ----------------------------------------------------------
 

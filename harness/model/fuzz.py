@@ -11,7 +11,6 @@ prints the records it predicts, for tests and for measuring the model's own spee
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -180,20 +179,26 @@ class ExecutorFactory(Protocol):
 
 # ---- the guest ---------------------------------------------------------------------------------
 
+PROBE_CHUNKS = "16M,1M,64K,8K"
+# Characters of cma_test words per guest command. Over the serial console they travel
+# gzip+base64 (~3.5 times smaller) in one line of at most 3800; GuestExecutor.run shrinks a
+# command that would not fit.
+COMMAND_CHARS = 9000
+
 
 class GuestExecutor:
     """cma_test servers in a booted guest, one per process name, started on first use.
 
-    A round's parts travel together: `cma_test ctl - ::P1 STEP... ::P2 STEP... ::!kill PID ...`
-    runs them in order inside the guest and prints `@part` before each part's output, so the
-    fuzzer pays one round trip per ~max_chars of operations, not one per process switch or
-    guest action. Servers a command needs are started at its head (`cma_test serve P;`)."""
+    A round's parts travel together: `cma_test ctl - ::!serve P2 ::P1 STEP... ::P2 STEP...
+    ::!kill P1 ::!rmmod cma_mem ...` runs them in order inside the guest and prints `@part`
+    before each part's output, so the fuzzer pays one round trip per ~max_chars of operations,
+    not one per process switch, server start or guest action."""
 
-    def __init__(self, transport: Transport, timeout: float = 120.0, max_chars: int = BATCH_CHARS) -> None:
+    def __init__(self, transport: Transport, timeout: float = 120.0, max_chars: int = COMMAND_CHARS) -> None:
         self.t = transport
         self.timeout = timeout
         self.max_chars = max_chars
-        self.pids: dict[str, int] = {}
+        self.alive: set[str] = set()  # the servers running
         self.commands = 0
 
     def run_command(self, command: str) -> tuple[int, str, str]:
@@ -206,79 +211,76 @@ class GuestExecutor:
         outputs: list[str] = []
         i = 0
         while i < len(parts):
-            plan = self._plan(parts, i)
+            budget = self.max_chars
+            plan = self._plan(parts, i, budget)
+            # The budget is characters of cma_test words; the transport may pack them (serial:
+            # gzip+base64 into one console line) and says whether the result fits.
+            while plan.end > i + 1 and not self.t.fits(plan.command(), bulky=True):
+                budget = budget * 3 // 4
+                plan = self._plan(parts, i, budget)
             outputs.extend(self._send(plan))
             i = plan.end
         return outputs
 
-    def _plan(self, parts: Sequence[Batch], i: int) -> _Command:
-        """The longest run of parts from i that one guest command can hold."""
-        cmd = _Command(end=i)
+    def _plan(self, parts: Sequence[Batch], i: int, budget: int) -> _Command:
+        """The longest run of parts from i whose words fit the budget."""
+        cmd = _Command(end=i, alive=set(self.alive))
         for part in parts[i:]:
             g = part.guest
-            word: str | None
-            server = ended = None
+            words: list[_Word] = []
             if g is None:
-                if not cmd.alive(part.proc, self.pids):
-                    if part.proc in cmd.ended:
-                        break  # a new server of an ended name: after this command's reply
-                    server = part.proc
-                word = f"::{part.proc} {part.words()}"
+                if part.proc not in cmd.alive:
+                    words.append(_Word(f"::!serve {part.proc}", serve=True))
+                words.append(_Word(f"::{part.proc} {part.words()}"))
             elif g.kind in ("exit", "kill"):
-                if g.proc in cmd.serve:
-                    break  # its pid arrives with this command's reply
-                pid = self.pids.get(g.proc) if g.proc not in cmd.ended else None
-                word = None if pid is None else (f"::!exit {g.proc} {pid}" if g.kind == "exit" else f"::!kill {pid}")
-                ended = g.proc if pid is not None else None
+                # A process never started (or already gone): nothing to do, as the model says.
+                words.append(_Word(f"::!{g.kind} {g.proc}" if g.proc in cmd.alive else None))
             elif g.kind == "rmmod":
-                word = f"::!rmmod {MODULE}"
+                words.append(_Word(f"::!rmmod {MODULE}"))
             else:
-                word = f"::!insmod {MODULE_PATH}"
-            cost = len(word or "") + 1 + (len(f"cma_test serve {server}; ") if server else 0)
-            if cmd.end > i and cmd.size + cost > self.max_chars:
+                words.append(_Word(f"::!insmod {MODULE_PATH}"))
+            cost = sum(len(w.text or "") + 1 for w in words)
+            if cmd.end > i and cmd.size + cost > budget:
                 break
-            if server:
-                cmd.serve.append(server)
-            if ended:
-                cmd.ended.add(ended)
-            cmd.words.append(word)
+            if g is None:
+                cmd.alive.add(part.proc)
+            elif g.kind in ("exit", "kill"):
+                cmd.alive.discard(g.proc)
+            cmd.words += words
             cmd.size += cost
             cmd.end += 1
         return cmd
 
     def _send(self, cmd: _Command) -> list[str]:
-        remote = [w for w in cmd.words if w is not None]
-        head = "".join(f"cma_test serve {shlex.quote(p)}; " for p in cmd.serve)
-        stdout = stderr = ""
+        remote = [w for w in cmd.words if w.text is not None]
+        stdout = ""
         if remote:
-            _, stdout, stderr = self.run_command(head + "cma_test ctl - " + " ".join(remote))
-        lines = stdout.splitlines(keepends=True)
-        first = next((k for k, line in enumerate(lines) if line == "@part\n"), len(lines))
-        for rec in parse_records("".join(lines[:first])):
-            if rec.op == "serve":
-                pid = rec.int("pid")
-                if pid is None:
-                    raise GuestSetupError(
-                        f"the guest-side helper `cma_test serve {rec.get('name')}` could not start: {rec.describe()}"
-                    )
-                self.pids[rec.get("name") or ""] = pid
-        missing = [p for p in cmd.serve if p not in self.pids]
-        if missing:
-            raise GuestSetupError(
-                f"the guest-side helper `cma_test serve {missing[0]}` did not answer: {stdout} {stderr}"
-            )
-        for name in cmd.ended:
-            self.pids.pop(name, None)
+            _, stdout, _ = self.run_command(cmd.command())
         chunks: list[str] = []
-        for line in lines[first:]:
+        for line in stdout.splitlines(keepends=True):
             if line == "@part\n":
                 chunks.append("")
-            else:
+            elif chunks:
                 chunks[-1] += line
         chunks += [""] * (len(remote) - len(chunks))  # the guest stopped answering mid-command
         it = iter(chunks)
-        # A no-op (exit or kill of a process never started): ok, as the model says.
-        return [next(it) if w is not None else "@cma op=guest action=noop status=ok errno=0\n" for w in cmd.words]
+        outputs: list[str] = []
+        for w in cmd.words:
+            if w.text is None:
+                outputs.append("@cma op=guest action=noop status=ok errno=0\n")
+                continue
+            out = next(it)
+            if not w.serve:
+                outputs.append(out)
+                continue
+            # The server touches no driver code before it answers: failing to start is the
+            # guest environment's doing. (No answer at all: the guest died; the parts say so.)
+            started = [r for r in parse_records(out) if r.op == "serve"]
+            if started and started[0].int("pid") is None:
+                why = started[0].describe()
+                raise GuestSetupError(f"the guest-side helper `cma_test {w.text[3:]}` could not start: {why}")
+        self.alive = cmd.alive
+        return outputs
 
     def capacity(self) -> tuple[int, int]:
         """Bytes and blocks an exhaust probe gets (granule: 8 KiB, the least a block holds)."""
@@ -288,26 +290,32 @@ class GuestExecutor:
 
     def reset(self) -> None:
         self.run_command(RESET_COMMAND)
-        self.pids.clear()
+        self.alive.clear()
         self.run_command(f"insmod {MODULE_PATH}")
+
+
+@dataclass(frozen=True)
+class _Word:
+    """One part of a guest command: cma_test ctl words (None: nothing to send)."""
+
+    text: str | None
+    serve: bool = False  # a server start the executor added, not one of the caller's parts
 
 
 @dataclass
 class _Command:
-    """One guest command being planned: its parts end before `end`, the servers it starts
-    first, the process names it ends (exit or kill)."""
+    """One guest command being planned: its words, the parts it covers (up to `end`), and
+    which servers run once it is done."""
 
     end: int
-    words: list[str | None] = field(default_factory=list)  # None: a part with nothing to send
-    serve: list[str] = field(default_factory=list)
-    ended: set[str] = field(default_factory=set)
+    alive: set[str]
+    words: list[_Word] = field(default_factory=list)
     size: int = 0
 
-    def alive(self, proc: str, pids: dict[str, int]) -> bool:
-        return proc in self.serve or (proc in pids and proc not in self.ended)
+    def command(self) -> str:
+        return "cma_test ctl - " + " ".join(w.text for w in self.words if w.text is not None)
 
 
-PROBE_CHUNKS = "16M,1M,64K,8K"
 # console_loglevel: messages below it reach the console. guestinit sets 8 (everything).
 QUIET_CONSOLE, FULL_CONSOLE = 5, 8
 
@@ -352,7 +360,7 @@ def fuzz_guest(
     """Seeded operations on a booted guest from a fresh module load, checked against the model;
     a mismatch is shrunk (every candidate replayed from a fresh load) to a reproducing scenario.
     Leaves the module loaded and no cma_test process running."""
-    ex = GuestExecutor(transport, max_chars=max_chars)
+    ex = GuestExecutor(transport)
     # The console shows warnings and worse only while fuzzing (printk writes the console
     # synchronously, ~2.3 us a byte under TCG: the driver's dump_mem lines for thousands of
     # allocations cost more than the records). Faults (oops, BUG, WARNING, KASAN, lockdep,

@@ -28,6 +28,10 @@ class Transport(Protocol):
         bulky: the output is expected to be big (kilobytes): a slow link may compress it."""
         ...
 
+    def fits(self, command: str, *, bulky: bool = False) -> bool:
+        """Can run() take this command in one go (a console line has a length limit)?"""
+        ...
+
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write a file in the guest."""
         ...

@@ -27,6 +27,9 @@ BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 # The canonical-mode tty takes at most 4095 bytes per line.
 MAX_LINE = 3800
 RE_EMIT_ATTEMPTS = 3
+# A bulky command longer than this goes gzip+base64 (two more guest processes, ~4 ms, against
+# ~10 µs a byte of console input).
+PACK_ABOVE = 600
 # After an oops/BUG/panic the guest gets this long to finish the command; a dead task
 # holding a lock would otherwise make us wait for the full command timeout.
 FATAL_GRACE = 5.0
@@ -63,6 +66,19 @@ def rebuild(lines: list[str], prefix: str, md5: str) -> str | None:
     return None
 
 
+def command_line(cid: int, command: str, bulky: bool = False) -> str:
+    """The console line that runs command as number cid: `__h ID 'command'`, or for a long bulky
+    command `__hz ID "$(echo BASE64 | base64 -d | gunzip)"` (base64 needs no quoting)."""
+    if bulky and len(command) > PACK_ABOVE:
+        packed = base64.b64encode(gzip.compress(command.encode(), mtime=0)).decode()
+        line = f'__hz {cid} "$(echo {packed} | base64 -d | gunzip)"'
+    else:
+        line = f"__h{'z' if bulky else ''} {cid} {shlex.quote(command)}"
+    if len(line) > MAX_LINE:
+        raise GuestError(f"command too long for the serial console ({len(line)} bytes): {command[:80]}...")
+    return line
+
+
 class SerialTransport:
     name = "serial"
 
@@ -75,15 +91,16 @@ class SerialTransport:
         self._next_id = 1
 
     def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
-        """bulky: stdout comes gzip-compressed (guestinit's __hz): ~2.3 µs a byte over the UART
-        under TCG, so a 20 KB reply takes 12 ms instead of 60."""
-        if len(command) > MAX_LINE:
-            raise GuestError(f"command too long for the serial console ({len(command)} bytes): {command[:80]}...")
-        timeout = timeout or self.default_timeout
+        """bulky: stdout comes gzip-compressed (guestinit's __hz), and a long command goes
+        compressed too. Under TCG the UART costs ~2.3 µs a byte out of the guest and ~10 µs a
+        byte into it, so a 20 KB reply takes 12 ms instead of 60, a 3000-character command
+        ~15 ms instead of 40."""
         cid = self._next_id
+        line = command_line(cid, command, bulky)
         self._next_id += 1
+        timeout = timeout or self.default_timeout
         started = time.monotonic()
-        self.console.send_line(f"__h{'z' if bulky else ''} {cid} {shlex.quote(command)}")
+        self.console.send_line(line)
         for _attempt in range(RE_EMIT_ATTEMPTS):
             status, stdout, stderr = self._collect(cid, command, started + timeout, timeout, bulky)
             if stdout is not None and stderr is not None:
@@ -142,6 +159,13 @@ class SerialTransport:
                 framed.append(text)
             elif bulky and BASE64_LINE.match(text):
                 packed.append(text)
+
+    def fits(self, command: str, *, bulky: bool = False) -> bool:
+        try:
+            command_line(0, command, bulky)
+        except GuestError:
+            return False
+        return True
 
     def put(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write a file through the console: base64 in chunks that fit one tty line."""

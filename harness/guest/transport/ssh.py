@@ -121,6 +121,9 @@ class SshTransport:
         self.default_timeout = default_timeout
         self._next_id = 1
 
+    def fits(self, command: str, *, bulky: bool = False) -> bool:
+        return True
+
     def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         timeout = timeout or self.default_timeout
         cid = self._next_id
