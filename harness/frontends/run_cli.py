@@ -63,6 +63,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("how to run")
     g.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="guests in parallel (default 1)")
     g.add_argument("--repeat", type=int, default=1, metavar="N", help="run everything N times; flake summary")
+    g.add_argument(
+        "-x",
+        "--exitfirst",
+        action="store_true",
+        help="stop at the first failing scenario (the rest are listed as not run); with -j, per job",
+    )
     g.add_argument("--dry-run", action="store_true", help="print the resolved plan (prepares, never boots)")
     g.add_argument("--json", action="store_true", help="the result (or the summary) as JSON on stdout")
 
@@ -136,6 +142,7 @@ class Invocation:
             overrides=self.overrides,
             while_booting=import_reports,
             snapshot=self.args.snapshot,
+            exitfirst=self.args.exitfirst,
         )
 
     def target_out(self, root: Path, target: Target) -> Path:

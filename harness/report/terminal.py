@@ -56,6 +56,8 @@ def print_summary(record: RunResult, out: Path, console: Any) -> None:
         console.print("console tail:\n" + record.console_tail, soft_wrap=True, markup=False)
     if record.error:
         console.print("error: " + record.error, soft_wrap=True, markup=False, style="magenta")
+    if record.not_run:
+        console.print(f"not run (-x stopped at the first failure): {', '.join(record.not_run)}", soft_wrap=True)
     kernel = record.kernel.get("release", "?")
     cma = record.cma
     cma_text = f"cma {cma['size_mib']} MiB at {cma['base']}" if cma else "cma ?"

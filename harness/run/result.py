@@ -110,6 +110,8 @@ class RunResult:
     # the provenance (sha256 of what was booted and loaded, versions, commit, host).
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Optional: scenarios not run because an earlier one failed and the run stopped (-x).
+    not_run: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -136,6 +138,7 @@ class RunResult:
             "schema_version": self.schema_version,
             "config": self.config,
             "provenance": self.provenance,
+            "not_run": self.not_run,
         }
 
     @classmethod
@@ -169,6 +172,7 @@ class RunResult:
                 interrupted_by=data.get("interrupted_by", ""),
                 config=dict(data.get("config", {})),
                 provenance=dict(data.get("provenance", {})),
+                not_run=list(data.get("not_run", [])),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ResultError(f"{source}: not a valid run result ({exc!r})") from None

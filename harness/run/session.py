@@ -66,6 +66,9 @@ class RunOptions:
     # "auto": restore the guest from a snapshot of a booted base guest where one can be used
     # (made on first use); "off": always boot. Front ends other than `run` boot.
     snapshot: str = "off"
+    # Stop after the first scenario that fails (a mutant or a bisect step needs one failure,
+    # not all of them); the scenarios left are recorded in RunResult.not_run.
+    exitfirst: bool = False
 
 
 class Stages:
@@ -459,6 +462,9 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                             # No panic, oops or warning on the console: the emulator died (killed
                             # from outside, out of memory, a QEMU bug), not the driver's doing.
                             raise guest_died(record, dead, runner.aborted)
+                    if opts.exitfirst and runner.outcome is not None and runner.outcome.failed:
+                        record.not_run = [s.name for s in opts.scenarios[index + 1 :]]
+                        break
                 swept = False
                 if guest is not None and runners:
                     with stage("scenario"):

@@ -136,3 +136,16 @@ def test_bad_scenario_is_a_usage_error_before_anything_boots(tmp_path):
     code, output, _ = run_cli("--scenario", str(bad), out=tmp_path / "run")
     assert code == 2
     assert f"{bad}:3: step 'alloc': key 'type': expected one of wc, coherent" in output
+
+
+def test_exitfirst_stops_at_the_first_failing_scenario(tmp_path):
+    failing = tmp_path / "fails.yaml"
+    failing.write_text("name: fails\nsteps:\n  - shell: {run: 'false'}\n")
+    code, output, result = run_cli("--scenario", str(failing), "--scenario", "smoke", "-x", out=tmp_path / "run")
+    assert code == 1, output
+    assert [s["name"] for s in result["scenarios"]] == ["fails"]
+    assert result["not_run"] == ["smoke"]
+    assert "not run (-x stopped at the first failure): smoke" in output
+    # Without -x the rest runs.
+    code, output, result = run_cli("--scenario", str(failing), "--scenario", "smoke", out=tmp_path / "all")
+    assert code == 1 and [s["name"] for s in result["scenarios"]] == ["fails", "smoke"] and result["not_run"] == []
