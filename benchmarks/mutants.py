@@ -35,7 +35,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -324,7 +326,9 @@ def _run_one(m: Mutant, source: str, target: str, out: Path, fuzz_ops: int) -> O
         cli = ROOT / ".venv" / "bin" / "cma-harness"
         run_out = out / m.id
         scenarios = str(ROOT / "configs" / "scenarios")
-        cmd = [str(cli), "run", "--kmod", str(kdir), "--target", target, "--scenario", scenarios, "--out", str(run_out)]
+        # -x: one failing scenario kills the mutant; the rest would only cost time.
+        cmd = [str(cli), "run", "-x", "--kmod", str(kdir), "--target", target, "--scenario", scenarios,
+               "--out", str(run_out)]  # fmt: skip
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         tail = (p.stdout + p.stderr).strip().splitlines()[-3:]
         if p.returncode == 1:
@@ -355,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", default="arm64-fast")
     ap.add_argument("--fuzz-ops", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "mutants-out")
+    ap.add_argument("-j", "--jobs", type=int, default=1, help="mutants run at once (each its own guest)")
+    ap.add_argument("--resume", action="store_true", help="skip mutants already in OUT/mutants.jsonl")
     a = ap.parse_args(argv)
     source = a.source.read_text()
     mutants = generate(source)
@@ -375,11 +381,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(chosen)} of {len(mutants)} mutants ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
         return 0
     a.out.mkdir(parents=True, exist_ok=True)
-    results: list[Outcome] = []
-    for m in chosen:
+    journal = a.out / "mutants.jsonl"  # one line per mutant as it ends: an interrupted run resumes
+    done: dict[str, Outcome] = {}
+    if a.resume and journal.exists():
+        for line in journal.read_text().splitlines():
+            o = Outcome(**json.loads(line))
+            done[o.id] = o
+    elif journal.exists():
+        journal.unlink()
+    todo = [m for m in chosen if m.id not in done]
+    print(f"{len(chosen)} mutants, {len(done)} already run, {len(todo)} to run with {a.jobs} job(s)", flush=True)
+
+    def one(m: Mutant) -> Outcome:
         r = _run_one(m, source, a.target, a.out, a.fuzz_ops)
-        results.append(r)
-        print(f"{r.id:24} {r.op:6} {r.verdict:8} {r.by:5} {r.seconds:6.1f} s  {r.detail[:120]}", flush=True)
+        with lock:
+            with journal.open("a") as f:
+                f.write(json.dumps(asdict(r)) + "\n")
+            print(f"{r.id:24} {r.op:6} {r.verdict:8} {r.by:5} {r.seconds:6.1f} s  {r.detail[:120]}", flush=True)
+        return r
+
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        for r in pool.map(one, todo):
+            done[r.id] = r
+    results = [done[m.id] for m in chosen]
     ran = [r for r in results if r.verdict in ("killed", "survived")]
     killed = [r for r in ran if r.verdict == "killed"]
     print(f"mutation score: {len(killed)}/{len(ran)} killed"
