@@ -89,7 +89,7 @@ def test_a_guest_helper_that_cannot_start_is_the_environment(tmp_path: Path, rep
 
 
 def test_a_cancelled_step_is_marked_interrupted_not_failed(tmp_path: Path) -> None:
-    def cancel(command: str, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    def cancel(command: str, timeout: float | None = None, bulky: bool = False):  # type: ignore[no-untyped-def]
         raise Cancelled(signal.SIGTERM)
 
     runner, transport = runner_for([])

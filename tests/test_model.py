@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import yaml
 
-from harness.model.check import check_batch
+from harness.model.check import check_batch, check_blocks_listing, parse_debugfs_blocks
 from harness.model.driver import CMDS, PAGE, DriverModel, Params, Proc, pattern_byte, seeded_byte
 from harness.model.fuzz import SimExecutor, fuzz, minimise, run_sequence
 from harness.model.gen import EDGE_CLASSES, Generator
@@ -287,3 +287,52 @@ def test_scenario_checks_what_the_model_knows() -> None:
     assert "2:len=4096" in text and "3:used=4096" in text and "1:offset=0x0" in text
     # Records parse back as what the awk check looks for.
     assert parse_records("@cma step=1 op=total status=ok errno=0 used=4096")[0].get("used") == "4096"
+
+
+# ---- the driver's global list (debugfs cma_mem/blocks) -------------------------------------------
+
+
+def test_debugfs_listing_as_the_model_predicts_it(fixture_text) -> None:  # type: ignore[no-untyped-def]
+    # Captured on arm64-fast: `cma_test ctl main alloc a 4096 wc alloc mmmmmmmmmmmmmmm 65537
+    # coherent mmap @a 4096; cma_test ctl p2 alloc a 1 wc; cat /sys/kernel/debug/cma_mem/blocks`.
+    real = parse_debugfs_blocks(fixture_text("debugfs-cma_mem-blocks.txt"))
+    m = model()
+    a, mmm = Op("alloc", name="a", size=4096, wc=True), Op("alloc", name="m" * 15, size=65537)
+    run(m, a, mmm, Op("mmap", offset="@a", size=4096))
+    run(m, Op("alloc", "p2", name="a", size=1, wc=True))
+    assert m.debugfs_blocks() == real == ["1 a 4096 wc 2", f"2 {'m' * 15} 69632 coherent 1", "3 a 4096 wc 1"]
+    blocks = Op("blocks")
+    assert check_blocks_listing(m, blocks, fixture_text("debugfs-cma_mem-blocks.txt")) == []
+    # Broken listings: a block missing, a wrong length, a mapping count off by one, garbage.
+    lines = fixture_text("debugfs-cma_mem-blocks.txt").splitlines()
+    for broken in (lines[1:], [lines[0].replace("len=4096", "len=8192"), *lines[1:]],
+                   [lines[0].replace("maps=2", "maps=1"), *lines[1:]], [*lines, "garbage"]):  # fmt: skip
+        assert check_blocks_listing(m, blocks, "\n".join(broken))[0].kind == "blocks"
+
+
+class GlobalListKeepsOnlyTheNewest(DriverModel):
+    """A planted bug like list_add_tail() with its arguments swapped: the global list loses every
+    block but the newest (the file lists, and so every ioctl, are still right)."""
+
+    def debugfs_blocks(self) -> list[str]:
+        return super().debugfs_blocks()[-1:]
+
+
+def test_a_global_list_bug_is_found_by_the_listing_and_shrunk() -> None:
+    params = Params(cma_total=TOTAL, capacity=60 << 20)
+
+    def fresh() -> DriverModel:
+        return DriverModel(replace(params))
+
+    def broken() -> SimExecutor:
+        return SimExecutor(GlobalListKeepsOnlyTheNewest(replace(params)))
+
+    _, failure = fuzz(fresh(), broken(), seed=1, total_ops=3000)
+    assert failure is not None and failure.mismatches[0].kind == "blocks", "the listing missed the planted bug"
+    small = minimise(failure, fresh, broken)
+    assert count_steps(small) <= 4, [o.describe() for o in small]
+    doc = yaml.safe_load(to_scenario_yaml(small, fresh()))
+    assert any("cma_mem/blocks" in s["shell"]["run"] for s in doc["steps"] if "shell" in s)
+    # Without the listing the same driver passes: nothing else sees the global list.
+    _, failure = fuzz(fresh(), broken(), seed=1, total_ops=3000, gen=Generator(1, listing=False))
+    assert failure is None

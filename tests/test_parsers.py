@@ -1,7 +1,13 @@
 """Parsers over real captured console logs (tests/fixtures) and the seed's log format."""
 
 from harness.oracles.cmatest import parse_record
-from harness.oracles.dmesg import parse_checkers, parse_dump_mem, parse_release, parse_reservation
+from harness.oracles.dmesg import (
+    announced_area_problems,
+    parse_checkers,
+    parse_dump_mem,
+    parse_release,
+    parse_reservation,
+)
 from harness.oracles.faults import find_faults, signature
 
 
@@ -308,3 +314,20 @@ cma_test output, not the kernel's
     [event] = find_faults(log.splitlines())
     assert event.title == "INFO: task hung in cma_mem_ioctl"
     assert event.report[-1].endswith("[cma_mem]")
+
+
+def test_the_announced_cma_area_must_be_the_reserved_one(fixture_text):
+    # Real lines (tests/fixtures/console-arm64-warn-in-driver.log): the reservation and the load.
+    log = fixture_text("console-arm64-warn-in-driver.log").splitlines()
+    reservation = parse_reservation("\n".join(log))
+    assert reservation is not None and reservation.size_mib == 128
+    assert announced_area_problems(log, reservation) == []
+    # Broken inputs: a lower bound off by a pageblock, an upper bound off by one block; a driver
+    # announcing another size (a board with two areas) or nothing at all is not judged here.
+    line = next(x for x in log if "cma_mem: CMA:" in x)
+    off = line.replace("[0x0000000076c00000-", "[0x0000000076e00000-")
+    assert "kernel reserved [0x76c00000-0x7ec00000)" in announced_area_problems([off], reservation)[0]
+    assert announced_area_problems([line.replace("-0x000000007ec00000)", "-0x000000007ea00000)")], reservation)
+    assert announced_area_problems([line.replace("128 MiB", "192 MiB")], reservation) == []
+    assert announced_area_problems([], reservation) == []
+    assert announced_area_problems([off], None) == []

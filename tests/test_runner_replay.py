@@ -117,7 +117,7 @@ def test_kernel_events_during_a_step_fail_it(tmp_path: Path) -> None:
     runner, transport = runner_for([Reply("true"), Reply("false", 1)], events=lambda: seen)
     replay = transport.run
 
-    def run_and_warn(command: str, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    def run_and_warn(command: str, timeout: float | None = None, bulky: bool = False):  # type: ignore[no-untyped-def]
         if command == "false":
             seen.extend(events)  # the console delivered the WARN while this command ran
         return replay(command, timeout)

@@ -2478,6 +2478,7 @@ static int ctl_request(const char *proc, char **w, int nw, FILE *out)
  *   ::!kill PROC       SIGKILL server PROC, then wait until it is gone
  *   ::!rmmod MODULE    delete_module(MODULE, O_NONBLOCK)
  *   ::!insmod PATH     finit_module(PATH, no parameters)
+ *   ::!cat PATH        print the file (the driver's debugfs block list), then the record
  * The other guest actions print one record: "@cma op=guest action=A status=ok|fail errno=E"
  * (exit and kill: ESRCH when no server of that name was started).
  * "Gone" is what the driver needs: the process exited or is a zombie (its files,
@@ -2550,6 +2551,22 @@ static int guest_action(char **w, int nw)
 
 			snprintf(path, sizeof(path), PID_FILE_FMT, w[1]);
 			unlink(path);	/* a killed server cannot remove it (nor its FIFO: the next serve does) */
+		}
+	} else if (!strcmp(a, "cat") && nw == 2) {
+		/* The file's text verbatim (a debugfs listing), then the record. */
+		char chunk[4096];
+		ssize_t k;
+
+		fd = open(w[1], O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			err = errno;
+		} else {
+			fflush(stdout);
+			while ((k = read(fd, chunk, sizeof(chunk))) > 0)
+				fwrite(chunk, 1, (size_t)k, stdout);
+			if (k < 0)
+				err = errno;
+			close(fd);
 		}
 	} else if (!strcmp(a, "rmmod") && nw == 2) {
 		if (syscall(SYS_delete_module, w[1], O_NONBLOCK) < 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from harness.model.driver import PAGE, Constraint, DriverModel, GuestOutcome, Predicted
@@ -13,7 +14,7 @@ from harness.oracles.cmatest import CmaRecord, parse_records
 class Mismatch:
     """One way the driver (through cma_test) disagreed with the model."""
 
-    kind: str  # errno | field | constraint | missing | extra | guest
+    kind: str  # errno | field | constraint | missing | extra | guest | blocks | leak
     step: int
     op: Op | None
     key: str = ""
@@ -99,6 +100,39 @@ def check_batch(model: DriverModel, ops: tuple[Op, ...] | list[Op], output: str 
         if n not in predicted:
             extra.append(Mismatch("extra", n, None, detail=f"unexpected record: {r.describe()}"))
     return out + extra
+
+
+_DEBUGFS_LINE = re.compile(
+    r"^pid=-?\d+ name=(?P<name>.*) id=(?P<id>\d+) phys=0x[0-9a-f]+ len=(?P<len>\d+) "
+    r"flags=(?P<flags>\w+) maps=(?P<maps>-?\d+)$"
+)
+
+
+def parse_debugfs_blocks(text: str) -> list[str]:
+    """The driver's debugfs `cma_mem/blocks` as DriverModel.debugfs_blocks() words it (sorted by
+    id; pids and addresses dropped). A line in no known form is kept whole, so it mismatches."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("@cma "):
+            continue
+        m = _DEBUGFS_LINE.match(line)
+        out.append(f"{m['id']} {m['name']} {m['len']} {m['flags']} {m['maps']}" if m else f"? {line}")
+    return sorted(out, key=lambda line: int(line.split()[0]) if line.split()[0].isdigit() else -1)
+
+
+def check_blocks_listing(model: DriverModel, op: Op, output: str) -> list[Mismatch]:
+    """The driver's global block list (debugfs) against every block the model says is allocated."""
+    want, got = model.debugfs_blocks(), parse_debugfs_blocks(output)
+    if want == got:
+        return []
+    missing = [w for w in want if w not in got]
+    extra = [g for g in got if g not in want]
+    detail = f"debugfs cma_mem/blocks lists {len(got)} blocks, the model {len(want)}"
+    if missing:
+        detail += f"; missing: {'; '.join(missing[:5])}"
+    if extra:
+        detail += f"; not expected: {'; '.join(extra[:5])}"
+    return [Mismatch("blocks", 0, op, detail=detail + " (id name len flags maps)")]
 
 
 def check_guest(outcome: GuestOutcome, ok: bool, detail: str = "") -> list[Mismatch]:

@@ -895,7 +895,18 @@ class DriverModel:
             self.loaded = True
             self.last_id = 0
             return GuestOutcome(op, True)
+        if k == "blocks":
+            return GuestOutcome(op, self.loaded, "" if self.loaded else "not loaded")
         raise ValueError(f"not a guest action: {k}")
+
+    def debugfs_blocks(self) -> list[str]:
+        """What the driver's debugfs `cma_mem/blocks` must list, as `id name len flags maps`
+        lines sorted by id: every block whose memory is still allocated (pids and addresses,
+        which the model cannot know, left out)."""
+        return sorted(
+            (f"{b.id} {b.name} {b.len} {'wc' if b.wc else 'coherent'} {b.vmas}" for b in self.blocks),
+            key=lambda line: int(line.split()[0]),
+        )
 
 
 def _by_step(records: list[CmaRecord]) -> dict[int, CmaRecord]:

@@ -19,7 +19,7 @@ from typing import Protocol
 from harness.errors import GuestSetupError
 from harness.guest.shell import MODULE, MODULE_PATH, RESET_COMMAND
 from harness.guest.transport.base import Transport
-from harness.model.check import Mismatch, check_batch, check_guest
+from harness.model.check import Mismatch, check_batch, check_blocks_listing, check_guest
 from harness.model.driver import DriverModel, Params
 from harness.model.gen import Generator
 from harness.model.ops import BATCH_CHARS, Batch, Op, batches, count_steps
@@ -48,11 +48,18 @@ class SimExecutor:
         out = []
         for part in parts:
             g = part.guest
+            if g is not None and g.kind == "blocks":
+                self.model.guest(g)
+                listing = "".join(
+                    f"pid=1 name={name} id={i} phys=0x0 len={n} flags={flags} maps={maps}\n"
+                    for i, name, n, flags, maps in (line.split() for line in self.model.debugfs_blocks())
+                )
+                out.append(listing + "@cma op=guest action=cat status=ok errno=0\n")
+                continue
             if g is not None:
                 ok = self.model.guest(g).ok
-                out.append(
-                    f"@cma op=guest action={g.kind} status={'ok' if ok else 'fail'} errno={'0' if ok else 'EBUSY'}\n"
-                )
+                status, errno = ("ok", "0") if ok else ("fail", "EBUSY")
+                out.append(f"@cma op=guest action={g.kind} status={status} errno={errno}\n")
                 continue
             preds = self.model.apply_batch(part.ops, None)
             lines = []
@@ -74,6 +81,9 @@ def guest_ok(output: str) -> bool:
 def check_part(model: DriverModel, part: Batch, output: str) -> list[Mismatch]:
     """One part's output against the model (which moves on by that part)."""
     g = part.guest
+    if g is not None and g.kind == "blocks":
+        model.guest(g)
+        return check_blocks_listing(model, g, output)
     if g is not None:
         return check_guest(model.guest(g), guest_ok(output), output.strip())
     return check_batch(model, part.ops, output)
@@ -235,6 +245,8 @@ class GuestExecutor:
             elif g.kind in ("exit", "kill"):
                 # A process never started (or already gone): nothing to do, as the model says.
                 words.append(_Word(f"::!{g.kind} {g.proc}" if g.proc in cmd.alive else None))
+            elif g.kind == "blocks":
+                words.append(_Word(f"::!cat {DEBUGFS_BLOCKS}"))
             elif g.kind == "rmmod":
                 words.append(_Word(f"::!rmmod {MODULE}"))
             else:
@@ -318,6 +330,7 @@ class _Command:
 
 # console_loglevel: messages below it reach the console. guestinit sets 8 (everything).
 QUIET_CONSOLE, FULL_CONSOLE = 5, 8
+DEBUGFS_BLOCKS = f"/sys/kernel/debug/{MODULE}/blocks"
 
 
 def measure(ex: GuestExecutor) -> Params:
@@ -373,7 +386,9 @@ def fuzz_guest(
         params.reservation = (reservation.base, reservation.end)
         params.cma_total = reservation.size_mib << 20
     params.bits = bits
-    stats, failure = fuzz(DriverModel(params), ex, seed, ops, round_ops, max_chars, Generator(seed))
+    # The driver's debugfs block list is checked where the kernel has debugfs (most do).
+    listing = ex.run_command(f"test -r {DEBUGFS_BLOCKS}")[0] == 0
+    stats, failure = fuzz(DriverModel(params), ex, seed, ops, round_ops, max_chars, Generator(seed, listing=listing))
     found = GuestFuzz(params, stats, failure)
     if failure is not None and shrink_failure:
 

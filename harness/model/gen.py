@@ -45,7 +45,7 @@ EDGE_CLASSES = frozenset(
         "total", "mmap_whole", "mmap_offset", "mmap_partial", "mmap_beyond", "mmap_unaligned", "mmap_across",
         "mmap_nowhere", "mmap_zero", "mmap_foreign", "fork", "second_process", "close", "exit", "kill",
         "rmmod_busy", "rmmod_idle", "raw_random_cmd", "raw_bad_ptr", "raw_ro_ptr", "raw_bad_flags",
-        "verify", "write", "check",
+        "verify", "write", "check", "blocks",
     }
 )  # fmt: skip
 
@@ -57,6 +57,7 @@ class Generator:
         *,
         procs: tuple[str, ...] = PROCS,
         guest_actions: bool = True,
+        listing: bool = True,
         switch: float = 0.04,
         fork_weight: int = 3,
         guest_rate: float = 0.015,
@@ -67,6 +68,7 @@ class Generator:
         self.fork_weight = fork_weight  # a fork ends its command too
         self.procs = procs
         self.guest_actions = guest_actions
+        self.listing = listing  # end each round with the driver's debugfs block list (op "blocks")
         self.coverage: Counter[str] = Counter()
         self.cur = procs[0]
 
@@ -317,6 +319,10 @@ class Generator:
             if planned is not None:
                 out.append(planned)
                 steps += count_steps((planned,))
+        if self.listing and plan.loaded:
+            self._tag("blocks")
+            out.append(Op("blocks"))
+            plan.guest(out[-1])
         return out
 
 

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 STEP_KINDS = ("alloc", "free", "verify", "write", "check", "info", "total", "raw", "mmap", "fork", "close")
-GUEST_KINDS = ("exit", "kill", "rmmod", "insmod")
+# blocks: read the driver's debugfs list of every live block (cma_mem/blocks) and compare it
+# with the model's, so the global list and its accounting are checked, not only each file's.
+GUEST_KINDS = ("exit", "kill", "rmmod", "insmod", "blocks")
 MAIN = "main"
 # A guest command line stays under this many characters (a console line holds ~4 KiB).
 BATCH_CHARS = 3000

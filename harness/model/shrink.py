@@ -105,6 +105,16 @@ def to_scenario_yaml(ops: list[Op], model: DriverModel, name: str = "fuzz-repro"
                 if g.proc in started:
                     steps.append({g.kind: g.proc})
                     started.discard(g.proc)
+            elif g.kind == "blocks":
+                # The driver's block list, as `id name len flags maps` lines sorted by id.
+                want = ";".join(model.debugfs_blocks())
+                listing = (
+                    "sed -E 's/^pid=[-0-9]+ name=(.*) id=([0-9]+) phys=0x[0-9a-f]+ len=([0-9]+) flags=([a-z]+) "
+                    "maps=([-0-9]+)$/\\2 \\1 \\3 \\4 \\5/' /sys/kernel/debug/cma_mem/blocks | sort -n | "
+                    "tr '\\n' ';' | sed 's/;$//'"
+                )
+                check = f'got=$({listing}); echo "$got"; test "$got" = {shlex.quote(want)}'
+                steps.append({"shell": {"run": check}})
             elif g.kind == "rmmod":
                 steps.append({"rmmod": {"expect": "ok" if outcome.ok else "busy"}})
             else:

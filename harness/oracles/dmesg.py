@@ -44,6 +44,30 @@ def parse_reservation(text: str) -> CmaReservation | None:
     return CmaReservation(int(m.group(1)), int(m.group(2), 16)) if m else None
 
 
+# What this project's driver announces at load: "cma_mem: CMA: 128 MiB in [0x..-0x..)".
+ANNOUNCED_AREA = re.compile(r"cma_mem: CMA: (\d+) MiB in \[(0x[0-9a-fA-F]+)-(0x[0-9a-fA-F]+)\)")
+
+
+def announced_area_problems(lines: Iterable[str], reservation: CmaReservation | None) -> list[str]:
+    """The area the driver says it found at load must be the one the kernel reserved. Only an
+    announcement of the reserved size is compared (a board with several CMA areas announces
+    their sum: the totals' own checks judge that); a driver that announces nothing is not judged."""
+    if reservation is None:
+        return []
+    problems = []
+    for line in lines:
+        m = ANNOUNCED_AREA.search(line)
+        if not m or int(m[1]) != reservation.size_mib:
+            continue
+        lo, hi = int(m[2], 16), int(m[3], 16)
+        if (lo, hi) != (reservation.base, reservation.end):
+            problems.append(
+                f"the driver announced its CMA area as [{lo:#x}-{hi:#x}); the kernel reserved "
+                f"[{reservation.base:#x}-{reservation.end:#x}) ({reservation.size_mib} MiB)"
+            )
+    return problems
+
+
 def parse_checkers(text: str) -> list[str]:
     """The runtime checkers (KASAN, kmemleak, lockdep, DMA API debug) whose boot banner is in text."""
     return [name for name, banner in CHECKER_BANNERS.items() if banner in text]

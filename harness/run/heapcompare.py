@@ -61,7 +61,7 @@ def measure(
             data["cma"] = record.cma
             _measure_in_guest(guest, data, sizes, calls, log)
             assert guest.transport is not None
-            (opts.out / "dmesg.txt").write_text(guest.transport.run("dmesg", timeout=60).stdout)
+            (opts.out / "dmesg.txt").write_text(guest.transport.run("dmesg", timeout=60, bulky=True).stdout)
             guest.poweroff()
         finally:
             guest.stop()

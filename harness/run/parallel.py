@@ -99,14 +99,16 @@ def load_durations(cache: Path, target: str) -> dict[str, float]:
 
 
 def remember_durations(cache: Path, records: list[RunResult]) -> None:
-    """Each scenario's latest duration per target (the next -j split uses them)."""
+    """Each scenario's latest passing duration per target (the next -j split uses them). A failing
+    scenario's time says little about the next run: it may have stopped early or waited out a
+    hung command (a driver mutant's 26 s bad-input would unbalance every later split)."""
     path = cache / DURATIONS
     data: dict[str, dict[str, float]] = {}
     with contextlib.suppress(OSError, ValueError):
         data = json.loads(path.read_text())
     for record in records:
         for sc in record.scenarios:
-            if sc.verdict != Verdict.ERROR:
+            if sc.verdict == Verdict.PASS:
                 data.setdefault(record.target, {})[sc.name] = round(sc.duration, 2)
     with contextlib.suppress(OSError):
         write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())

@@ -477,7 +477,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         if kept is not None:  # read by the last check, no command since
                             (opts.out / "dmesg.txt").write_text(plain_dmesg(kept))
                         else:
-                            dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command)
+                            dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command, bulky=True)
                             (opts.out / "dmesg.txt").write_text(dmesg.stdout)
                         # Everything is saved: QEMU is stopped below without waiting for the guest
                         # to power off (nothing in it needs a clean shutdown; it has no disk).

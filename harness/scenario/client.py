@@ -98,9 +98,11 @@ class DriverClient:
         reservation = self.state.reservation
         return reservation.size_mib << 20 if reservation else 0
 
-    def run(self, result: StepResult, command: str, timeout: float | None = None) -> CommandResult:
-        """One guest command, recorded in the step's result."""
-        out = self.transport.run(command, timeout=timeout or self.command_timeout)
+    def run(
+        self, result: StepResult, command: str, timeout: float | None = None, *, bulky: bool = False
+    ) -> CommandResult:
+        """One guest command, recorded in the step's result (bulky: a big output, see Transport.run)."""
+        out = self.transport.run(command, timeout=timeout or self.command_timeout, bulky=bulky)
         result.commands.append(
             CommandRecord(
                 command=command if len(command) < 300 else command[:300] + "…",
