@@ -3,6 +3,8 @@
     python benchmarks/mutants.py --list                       every mutant of kmod/cma_mem.c
     python benchmarks/mutants.py --sample 15 --seed 1 --list  a fixed sample
     python benchmarks/mutants.py --sample 15 --seed 1 --run [--target arm64-fast] [--fuzz-ops N]
+    python benchmarks/mutants.py --run -j 2 --fuzz-ops 3000 --then-target arm64-debug --then-k smoke \\
+        --resume --report docs/mutation-score.md          the whole set, resumable, with the report
     python benchmarks/mutants.py --show ID                    one mutant's diff
 
 Each mutant is one change at one place of the driver, by a standard operator:
@@ -40,6 +42,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "kmod" / "cma_mem.c"
@@ -317,7 +321,9 @@ class Outcome:
     detail: str = ""
 
 
-def _run_one(m: Mutant, source: str, target: str, out: Path, fuzz_ops: int) -> Outcome:
+def _run_one(
+    m: Mutant, source: str, target: str, out: Path, fuzz_ops: int, then: str = "", then_k: tuple[str, ...] = ()
+) -> Outcome:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         kdir = Path(tmp) / "kmod"
@@ -345,6 +351,18 @@ def _run_one(m: Mutant, source: str, target: str, out: Path, fuzz_ops: int) -> O
             if f.returncode == 1:
                 why = [line for line in f.stdout.splitlines() if line.startswith("MISMATCH")][:1]
                 return Outcome(m.id, m.op, m.line, "killed", "fuzz", time.monotonic() - start, " ".join(why))
+        if then:
+            # A second tier for what the fast target cannot see: a debug kernel's checkers
+            # (kmemleak, KASAN, lockdep) on a few scenarios.
+            picks = [x for k in then_k for x in ("-k", k)]
+            d = subprocess.run(
+                [str(cli), "run", "-x", "--kmod", str(kdir), "--target", then, "--scenario", scenarios, *picks,
+                 "--out", str(run_out / then)],
+                capture_output=True, text=True, cwd=ROOT,
+            )  # fmt: skip
+            if d.returncode == 1:
+                tail = (d.stdout + d.stderr).strip().splitlines()[-3:]
+                return Outcome(m.id, m.op, m.line, "killed", then, time.monotonic() - start, " | ".join(tail))
         return Outcome(m.id, m.op, m.line, "survived", "-", time.monotonic() - start)
 
 
@@ -361,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "mutants-out")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="mutants run at once (each its own guest)")
     ap.add_argument("--resume", action="store_true", help="skip mutants already in OUT/mutants.jsonl")
+    ap.add_argument("--then-target", default="", help="run survivors again on this target (e.g. arm64-debug)")
+    ap.add_argument("--then-k", action="append", default=[], help="scenario pattern for --then-target (repeatable)")
+    ap.add_argument("--equivalent", type=Path, default=ROOT / "benchmarks" / "mutants-equivalent.yaml")
+    ap.add_argument("--report", type=Path, help="write the score, per operator, survivors and equivalences (markdown)")
     a = ap.parse_args(argv)
     source = a.source.read_text()
     mutants = generate(source)
@@ -393,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(chosen)} mutants, {len(done)} already run, {len(todo)} to run with {a.jobs} job(s)", flush=True)
 
     def one(m: Mutant) -> Outcome:
-        r = _run_one(m, source, a.target, a.out, a.fuzz_ops)
+        r = _run_one(m, source, a.target, a.out, a.fuzz_ops, a.then_target, tuple(a.then_k))
         with lock:
             with journal.open("a") as f:
                 f.write(json.dumps(asdict(r)) + "\n")
@@ -405,16 +427,113 @@ def main(argv: list[str] | None = None) -> int:
         for r in pool.map(one, todo):
             done[r.id] = r
     results = [done[m.id] for m in chosen]
-    ran = [r for r in results if r.verdict in ("killed", "survived")]
-    killed = [r for r in ran if r.verdict == "killed"]
-    print(f"mutation score: {len(killed)}/{len(ran)} killed"
-          f" ({len(results) - len(ran)} not run: build or infrastructure failure)")  # fmt: skip
-    for r in ran:
-        if r.verdict == "survived":
-            m = next(x for x in chosen if x.id == r.id)
-            print(f"SURVIVED {r.id}: {m.old!r} -> {m.new!r}\n{m.diff(source)}")
+    equivalent = load_equivalent(a.equivalent)
+    score = Score.of(results, equivalent)
+    print(score.line())
+    for r in score.wrongly_equivalent:
+        print(f"LISTED AS EQUIVALENT BUT KILLED {r.id}: drop it from {a.equivalent}")
+    by_id = {m.id: m for m in chosen}
+    for r in score.survivors:
+        m = by_id[r.id]
+        print(f"SURVIVED {r.id}: {m.old!r} -> {m.new!r}\n{m.diff(source)}")
     (a.out / "mutants.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    return 0 if len(killed) == len(ran) else 1
+    if a.report:
+        a.report.write_text(report(score, by_id, source, equivalent, a))
+        print(f"report: {a.report}")
+    return 0 if not score.survivors and not score.wrongly_equivalent else 1
+
+
+def load_equivalent(path: Path) -> dict[str, str]:
+    """Mutant id -> why it behaves like the original (argued by hand, checked by nothing else)."""
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip() for v in data.values()):
+        raise SystemExit(f"{path}: expected a mapping of mutant id to a reason (text)")
+    return {str(k): " ".join(str(v).split()) for k, v in data.items()}
+
+
+@dataclass
+class Score:
+    results: list[Outcome]
+    killed: list[Outcome]
+    survivors: list[Outcome]  # survived and not argued equivalent
+    equivalent: list[Outcome]  # survived and argued equivalent
+    wrongly_equivalent: list[Outcome]  # argued equivalent, yet killed: the argument is wrong
+    not_run: list[Outcome]
+
+    @classmethod
+    def of(cls, results: list[Outcome], equivalent: dict[str, str]) -> Score:
+        killed = [r for r in results if r.verdict == "killed"]
+        survived = [r for r in results if r.verdict == "survived"]
+        return cls(
+            results,
+            killed,
+            [r for r in survived if r.id not in equivalent],
+            [r for r in survived if r.id in equivalent],
+            [r for r in killed if r.id in equivalent],
+            [r for r in results if r.verdict not in ("killed", "survived")],
+        )
+
+    @property
+    def denominator(self) -> int:
+        return len(self.killed) + len(self.survivors)
+
+    def line(self) -> str:
+        pct = 100.0 * len(self.killed) / self.denominator if self.denominator else 0.0
+        return (
+            f"mutation score: {len(self.killed)}/{self.denominator} non-equivalent mutants killed ({pct:.1f} %); "
+            f"{len(self.equivalent)} argued equivalent, {len(self.not_run)} not run (build or infrastructure)"
+        )
+
+
+def report(
+    score: Score, by_id: dict[str, Mutant], source: str, equivalent: dict[str, str], a: argparse.Namespace
+) -> str:
+    """The score as markdown: per operator, who killed what, every survivor with its diff and reason."""
+    ops = sorted({r.op for r in score.results})
+    rows = []
+    for op in ops:
+        of = [r for r in score.results if r.op == op]
+        rows.append(
+            f"| {op} | {len(of)} | {sum(r.verdict == 'killed' and r.by == 'suite' for r in of)} | "
+            f"{sum(r.verdict == 'killed' and r.by == 'fuzz' for r in of)} | "
+            f"{sum(r.verdict == 'killed' and r.by not in ('suite', 'fuzz') for r in of)} | "
+            f"{sum(r in score.equivalent for r in of)} | {sum(r in score.survivors for r in of)} | "
+            f"{sum(r in score.not_run for r in of)} |"
+        )
+    out = [
+        "# Mutation score of the shipped suite and the fuzzer",
+        "",
+        "Generated by `python benchmarks/mutants.py "
+        + f"--run -j {a.jobs} --target {a.target} --fuzz-ops {a.fuzz_ops}"
+        + (f" --then-target {a.then_target}" + "".join(f" --then-k {k}" for k in a.then_k) if a.then_target else "")
+        + f" --report {a.report}`; equivalences argued in `{a.equivalent.relative_to(ROOT)}`.",
+        "",
+        f"**{score.line()}**",
+        "",
+        "Each mutant is one automatic change to `kmod/cma_mem.c` (operators in the script's docstring). "
+        "It is killed when `cma-harness run -x` on the shipped suite fails (exit 1), or if that passes "
+        "when `cma-harness fuzz` finds a mismatch with the driver model, or if that passes too when "
+        "the same run on the second target (a debug kernel: kmemleak, KASAN, lockdep) fails.",
+        "",
+        f"| operator | mutants | killed by the suite | killed by the fuzzer | killed on {a.then_target or '-'} "
+        "| equivalent | survived | not run |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    if score.survivors:
+        out += ["## Survivors (not killed, not argued equivalent)", ""]
+        for r in score.survivors:
+            out += [f"### {r.id}", "", "```diff", by_id[r.id].diff(source).rstrip(), "```", ""]
+    if score.equivalent:
+        out += ["## Argued equivalent", ""]
+        for r in score.equivalent:
+            out += [f"### {r.id}", "", equivalent[r.id], "", "```diff", by_id[r.id].diff(source).rstrip(), "```", ""]
+    if score.not_run:
+        out += ["## Not run", ""] + [f"- {r.id} ({r.verdict}): {r.detail}" for r in score.not_run] + [""]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
