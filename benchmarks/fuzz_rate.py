@@ -18,17 +18,18 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one(target: str, seed: int, ops: int, out: Path) -> dict[str, object]:
+def one(target: str, seed: int, ops: int, out: Path) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "fuzz", "--target", target, "--seed", str(seed), "--ops", str(ops),
          "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    data: dict[str, object] = {"exit": proc.returncode}
+    data: dict[str, Any] = {"exit": proc.returncode}
     path = out / "fuzz.json"
     if path.exists():
         data |= json.loads(path.read_text())

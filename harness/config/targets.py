@@ -81,6 +81,11 @@ class KernelConfig:
         # The kernel and its modules need no C library: the cross compiler alone.
         return (Requirement(cross_gcc_package(self.cross_compile), f"build kernel code for {target}"),)
 
+    @property
+    def bits(self) -> int:
+        """The kernel's word size (BITS_PER_LONG): some of the driver's limits follow it."""
+        return 32 if self.make_arch == "arm" else 64
+
 
 @dataclass(frozen=True)
 class UserlandConfig:

@@ -85,6 +85,7 @@ def guest_fuzz(args: argparse.Namespace, out: Path, cache: Path, default_kmod: P
                 guest.transport,
                 guest.facts.reservation,
                 target.userland.bits,
+                target.kernel.bits,
                 args.seed,
                 args.ops,
                 round_ops=args.round,

@@ -236,7 +236,8 @@ class Params:
     capacity: int | None = None  # bytes the driver can really allocate when empty (None: cma_total)
     slack: int = 4 << 20  # below capacity by less than this: ENOMEM or not, both accepted
     reservation: tuple[int, int] | None = None  # [lo, hi) of the CMA area, if known
-    bits: int = 64  # 32 for armhf callers (cookie limit, SIZE_MAX)
+    bits: int = 64  # 32 for armhf callers (SIZE_MAX, what a 32-bit size field can say)
+    kernel_bits: int = 64  # the kernel's BITS_PER_LONG (the mmap cookie limit)
     test_pattern: bool = True
     fake_addresses: bool = False  # simulation: invent addresses instead of leaving them unknown
 
@@ -520,7 +521,7 @@ class DriverModel:
         fields["blocks"] = str(self.nblocks)
 
     def _pick_offset(self, f: File, length: int) -> int | None:
-        limit = COOKIE_LIMIT_32 if self.p.bits == 32 else COOKIE_LIMIT_64
+        limit = COOKIE_LIMIT_32 if self.p.kernel_bits == 32 else COOKIE_LIMIT_64
         cand, wrapped = f.next_offset, False
         while True:
             if cand > limit - length:

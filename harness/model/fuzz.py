@@ -363,6 +363,7 @@ def fuzz_guest(
     transport: Transport,
     reservation: CmaReservation | None,
     bits: int,
+    kernel_bits: int,
     seed: int,
     ops: int,
     *,
@@ -385,7 +386,7 @@ def fuzz_guest(
         # The contract: cma_total is the CMA area as the kernel reserved it (not what the driver says).
         params.reservation = (reservation.base, reservation.end)
         params.cma_total = reservation.size_mib << 20
-    params.bits = bits
+    params.bits, params.kernel_bits = bits, kernel_bits
     # The driver's debugfs block list is checked where the kernel has debugfs (most do).
     listing = ex.run_command(f"test -r {DEBUGFS_BLOCKS}")[0] == 0
     stats, failure = fuzz(DriverModel(params), ex, seed, ops, round_ops, max_chars, Generator(seed, listing=listing))

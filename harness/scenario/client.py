@@ -78,9 +78,11 @@ class DriverClient:
         command_timeout: float = 60.0,
         module_symbols: list[Symbol] | None = None,
         userland_bits: int = 64,
+        kernel_bits: int = 64,
     ) -> None:
         self.transport = transport
-        self.userland_bits = userland_bits  # cma_test's word size, for the driver model (fuzz)
+        # Word sizes of cma_test and of the kernel, for the driver model (fuzz)
+        self.userland_bits, self.kernel_bits = userland_bits, kernel_bits
         self.kernel_log = kernel_log
         self.state = RunState(reservation)
         self.barrier = barrier  # waits until the kernel log has caught up

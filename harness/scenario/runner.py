@@ -64,6 +64,7 @@ class ScenarioRunner:
         command_timeout: float = 60.0,
         module_symbols: list[Symbol] | None = None,
         userland_bits: int = 64,
+        kernel_bits: int = 64,
     ) -> None:
         self.client = DriverClient(
             transport,
@@ -73,6 +74,7 @@ class ScenarioRunner:
             command_timeout=command_timeout,
             module_symbols=module_symbols,
             userland_bits=userland_bits,
+            kernel_bits=kernel_bits,
         )
         self.kernel_log = kernel_log
         self.events = events  # all kernel events so far (live detector)
@@ -103,6 +105,7 @@ class ScenarioRunner:
             command_timeout=guest.target.timeouts.command,
             module_symbols=module_functions(guest.boot.module),
             userland_bits=guest.target.userland.bits,
+            kernel_bits=guest.target.kernel.bits,
         )
 
     @property

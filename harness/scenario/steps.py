@@ -790,6 +790,7 @@ def _fuzz(client: DriverClient, step: Step, result: StepResult) -> None:
         client.transport,
         client.state.reservation,
         client.userland_bits,
+        client.kernel_bits,
         a["seed"],
         a["ops"],
         shrink_failure=a["shrink"],
