@@ -329,11 +329,11 @@ def _run_one(
         kdir = Path(tmp) / "kmod"
         shutil.copytree(ROOT / "kmod", kdir)
         (kdir / "cma_mem.c").write_text(m.apply(source))
-        cli = ROOT / ".venv" / "bin" / "cma-harness"
+        cli = [sys.executable, "-m", "harness"]  # this interpreter's harness (a venv or a tox env)
         run_out = out / m.id
         scenarios = str(ROOT / "configs" / "scenarios")
         # -x: one failing scenario kills the mutant; the rest would only cost time.
-        cmd = [str(cli), "run", "-x", "--kmod", str(kdir), "--target", target, "--scenario", scenarios,
+        cmd = [*cli, "run", "-x", "--kmod", str(kdir), "--target", target, "--scenario", scenarios,
                "--out", str(run_out)]  # fmt: skip
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         tail = (p.stdout + p.stderr).strip().splitlines()[-3:]
@@ -344,7 +344,7 @@ def _run_one(
             return Outcome(m.id, m.op, m.line, verdict, "-", time.monotonic() - start, " | ".join(tail))
         if fuzz_ops:
             f = subprocess.run(
-                [str(ROOT / ".venv" / "bin" / "cma-harness"), "fuzz", "--kmod", str(kdir), "--no-shrink",
+                [*cli, "fuzz", "--kmod", str(kdir), "--no-shrink",
                  "--target", target, "--ops", str(fuzz_ops), "--seed", "1", "--out", str(run_out / "fuzz")],
                 capture_output=True, text=True, cwd=ROOT,
             )  # fmt: skip
@@ -356,7 +356,7 @@ def _run_one(
             # (kmemleak, KASAN, lockdep) on a few scenarios.
             picks = [x for k in then_k for x in ("-k", k)]
             d = subprocess.run(
-                [str(cli), "run", "-x", "--kmod", str(kdir), "--target", then, "--scenario", scenarios, *picks,
+                [*cli, "run", "-x", "--kmod", str(kdir), "--target", then, "--scenario", scenarios, *picks,
                  "--out", str(run_out / then)],
                 capture_output=True, text=True, cwd=ROOT,
             )  # fmt: skip
