@@ -336,3 +336,45 @@ def test_a_global_list_bug_is_found_by_the_listing_and_shrunk() -> None:
     # Without the listing the same driver passes: nothing else sees the global list.
     _, failure = fuzz(fresh(), broken(), seed=1, total_ops=3000, gen=Generator(1, listing=False))
     assert failure is None
+
+
+# ---- what a mapping shows (mmap shows=) -------------------------------------------------------------
+
+
+class MmapIgnoresTheOffset(DriverModel):
+    """A planted bug like dma_mmap_*() called with the cookie instead of the page offset inside
+    the buffer: every mapping shows its block from the start, whatever offset was asked for."""
+
+    def _mmap(self, pr, op, pred, fields, rec):  # type: ignore[no-untyped-def]
+        err = super()._mmap(pr, op, pred, fields, rec)
+        if err == "0" and pred.shows:
+            kind, arg, _ = pred.shows.split(":")
+            shown = f"{kind}:{arg}:0"
+            self._shows_differ = bool(op.shows) and op.shows != shown
+        return err
+
+
+def test_mmap_steps_say_what_the_mapping_must_show() -> None:
+    m = model()
+    a = Op("alloc", name="a", size=3 * PAGE)
+    planned = [replan([a, Op("mmap", offset="@a+4096", size=PAGE)], m)[1]]
+    assert planned[0].shows == "pattern:1:4096" and planned[0].words().endswith("shows=pattern:1:4096")
+    m2 = model()
+    ops = replan([a, Op("write", name="a", seed=7), Op("mmap", offset="@a", size=2 * PAGE)], m2)
+    assert ops[2].shows == "seeded:7:0"
+
+
+def test_a_mapping_of_the_wrong_part_is_found_and_shrunk() -> None:
+    params = Params(cma_total=TOTAL, capacity=60 << 20)
+
+    def fresh() -> DriverModel:
+        return DriverModel(replace(params))
+
+    def broken() -> SimExecutor:
+        return SimExecutor(MmapIgnoresTheOffset(replace(params)))
+
+    _, failure = fuzz(fresh(), broken(), seed=2, total_ops=5000)
+    assert failure is not None, "the fuzzer missed a mapping of the wrong part of a block"
+    assert failure.mismatches[0].op is not None and failure.mismatches[0].op.kind == "mmap"
+    small = minimise(failure, fresh, broken)
+    assert count_steps(small) <= 3, [o.describe() for o in small]

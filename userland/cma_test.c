@@ -210,6 +210,7 @@ struct step {
 	bool has_want;
 	int ptr;		/* raw: 0 normal, 1 ptr=bad, 2 ptr=ro */
 	int backend;		/* 0 driver, 1 heap (backend=heap): see the heap backend */
+	const char *shows;	/* mmap: shows=KIND:ARG:BOFF, what every byte of the mapping must be */
 };
 
 static struct {
@@ -845,6 +846,64 @@ static int resolve_offset(const char *s, uint64_t *off, struct rec *r)
 	return 0;
 }
 
+/*
+ * shows=KIND:ARG:BOFF: the mapping must show its block from block offset BOFF on, every byte:
+ * the driver's fill (pattern:ID), what "write NAME SEED" left (seeded:SEED) or zeros. The
+ * caller (the driver model) knows which block and where; this checks the driver mapped it so.
+ */
+static __attribute__((noinline)) bool scan_content(const uint8_t *p, uint64_t len, char kind,
+						   uint32_t arg, uint64_t boff, struct mismatch *m)
+{
+	uint64_t i;
+
+	for (i = 0; i < len; i++) {
+		uint64_t o = boff + i;
+		uint8_t want = 0;
+
+		if (kind == 'p') {
+			want = cma_mem_pattern_byte(arg, o);
+		} else if (kind == 's') {
+			uint32_t v = seeded_word(arg, o / 4);
+
+			want = ((const uint8_t *)&v)[o % 4];	/* as fill_seeded's memcpy lays it */
+		}
+		if (p[i] != want) {
+			m->at = i;
+			m->want = want;
+			m->got = p[i];
+			return false;
+		}
+	}
+	return true;
+}
+
+static int check_shows(const uint8_t *p, uint64_t len, const char *shows, struct rec *r)
+{
+	char kind[16];
+	unsigned long long arg = 0, boff = 0;
+	struct mismatch m = { 0 };
+	bool good;
+	int sig;
+
+	sscanf(shows, "%15[a-z]:%llu:%llu", kind, &arg, &boff);	/* checked by check_args */
+	sig = sigsetjmp(fault_jb, 1);
+	if (sig) {
+		rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)p));
+		rec_msg(r, false, "%s while reading the new mapping", sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
+		return EFAULT;
+	}
+	fault_armed = 1;
+	good = scan_content(p, len, kind[0], (uint32_t)arg, boff, &m);
+	fault_armed = 0;
+	if (!good) {
+		rec_add(r, "at=%" PRIu64, m.at);
+		rec_add(r, "want=0x%02x", m.want);
+		rec_add(r, "got=0x%02x", m.got);
+		rec_msg(r, true, "the mapping shows other bytes than its block at that offset");
+	}
+	return 0;
+}
+
 static int do_mmap(const struct step *st, struct rec *r)
 {
 	uint64_t off = 0, len = 0;
@@ -867,7 +926,7 @@ static int do_mmap(const struct step *st, struct rec *r)
 		return errno;
 	/* Kept mapped: a second mapping keeps the block alive in the driver. */
 	rec_add(r, "addr=0x%" PRIxPTR, (uintptr_t)p);
-	return 0;
+	return st->shows ? check_shows(p, len, st->shows, r) : 0;
 }
 
 static int do_sleep(const struct step *st, struct rec *r)
@@ -1682,6 +1741,17 @@ static const char *check_args(const struct step *st)
 		BAD("%s: not a heap step (the heap backend has alloc, free, verify, write, check, exhaust, bench, largest, fragtest, heapinfo)", op);
 	if (st->ptr && strcmp(op, "raw"))
 		BAD("%s: ptr= is for raw only", op);
+	if (st->shows) {
+		char kind[16];
+		unsigned long long a1, a2;
+
+		if (strcmp(op, "mmap"))
+			BAD("%s: shows= is for mmap only", op);
+		if (sscanf(st->shows, "%15[a-z]:%llu:%llu", kind, &a1, &a2) != 3 ||
+		    (strcmp(kind, "pattern") && strcmp(kind, "seeded") && strcmp(kind, "zero")))
+			BAD("mmap: shows= must be pattern:ID:OFFSET, seeded:SEED:OFFSET or zero:0:OFFSET, not '%s'",
+			    st->shows);
+	}
 #undef BAD
 	return NULL;
 }
@@ -1731,6 +1801,8 @@ static int parse_steps(char **w, int nw, struct step *steps, FILE *out)
 				st->backend = BACKEND_HEAP;
 			} else if (!strcmp(w[i], "backend=driver")) {
 				st->backend = BACKEND_DRIVER;
+			} else if (!strncmp(w[i], "shows=", 6)) {
+				st->shows = w[i] + 6;
 			} else {
 				break;
 			}

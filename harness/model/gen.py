@@ -335,16 +335,20 @@ def with_expects(op: Op, preds: list[Predicted]) -> Op:
             kids = tuple(fill(c) for c in o.child)
             next(it)
             return replace(o, child=kids, expect=None)
-        p = next(it)
-        err = p.errnos[0]
-        return replace(o, expect=err if err != "0" and len(p.errnos) == 1 else None)
+        return settle(o, next(it))
 
     # A fork's prediction comes after its child's: walk the children first.
     if op.kind == "fork":
-        kids = []
-        for c in op.child:
-            p = next(it)
-            err = p.errnos[0]
-            kids.append(replace(c, expect=err if err != "0" and len(p.errnos) == 1 else None))
-        return replace(op, child=tuple(kids))
+        return replace(op, child=tuple(settle(c, next(it)) for c in op.child))
     return fill(op)
+
+
+def settle(op: Op, p: Predicted) -> Op:
+    """expect= from the predicted errno (when only one is acceptable); for an mmap the model
+    expects to succeed, shows= from the block's content, so cma_test checks every byte."""
+    err = p.errnos[0]
+    return replace(
+        op,
+        expect=err if err != "0" and len(p.errnos) == 1 else None,
+        shows=p.shows if op.kind == "mmap" and err == "0" and len(p.errnos) == 1 else "",
+    )

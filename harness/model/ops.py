@@ -35,6 +35,7 @@ class Op:
     offset: str = "0"  # mmap: number, @NAME or @NAME+N
     child: tuple[Op, ...] = field(default_factory=tuple)  # fork: the child's steps
     expect: str | None = None  # errno name cma_test is told to expect (None: 0)
+    shows: str = ""  # mmap: what the mapping must show, KIND:ARG:BLOCKOFF (cma_test checks every byte)
 
     @property
     def is_step(self) -> bool:
@@ -56,7 +57,7 @@ class Op:
             if self.ptr != "ok":
                 w += f" ptr={self.ptr}"
         elif k == "mmap":
-            w = f"mmap {self.offset} {self.size}"
+            w = f"mmap {self.offset} {self.size}" + (f" shows={self.shows}" if self.shows else "")
         elif k == "fork":
             w = "fork"
         else:
@@ -73,7 +74,8 @@ class Op:
         return f"{self.kind} {self.proc}" if self.kind in ("exit", "kill") else self.kind
 
     def without_expect(self) -> Op:
-        return replace(self, expect=None, child=tuple(c.without_expect() for c in self.child))
+        """The op as the generator first made it: expect= and shows= come from the model's state."""
+        return replace(self, expect=None, shows="", child=tuple(c.without_expect() for c in self.child))
 
 
 @dataclass(frozen=True)
