@@ -223,6 +223,11 @@ def test_flake_summary_counts_every_iteration():
     assert s["scenarios"]["t/smoke"] == {"pass": 3, "fail": 1, "error": 0}
     assert s["scenarios"]["t/stress"] == {"pass": 4, "fail": 0, "error": 0}
     assert s["flaky"] == ["t/smoke"]
+    # An iteration cancelled by SIGTERM (a person or CI stopping the run) is no flake.
+    cancelled = record("t", {"smoke": "error"})
+    cancelled.interrupted_by = "SIGTERM"
+    s = flake_summary([*iterations, [cancelled]])
+    assert s["scenarios"]["t/smoke"] == {"pass": 3, "fail": 1, "error": 0}
 
 
 # --- KTAP Totals --------------------------------------------------------------------------------

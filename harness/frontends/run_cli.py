@@ -193,6 +193,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             iterations.append(run_parallel(inv, root, console))
         else:
             iterations.append(run_sequential(inv, root, console))
+        cancelled = next((r for _, r in iterations[-1] if r.interrupted_by), None)
+        if cancelled is not None:
+            # SIGINT/SIGTERM ends the whole command, not just the iteration it landed in.
+            if i < args.repeat:
+                console.print(f"cancelled by {cancelled.interrupted_by}: {args.repeat - i} iteration(s) not run")
+            break
     from harness.run.parallel import remember_durations
 
     remember_durations(inv.cache, [r for records in iterations for _, r in records])
@@ -233,6 +239,8 @@ def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path
             record = execute(opts, progress.on_stage, progress.log)
         show_summary(record, target_out, console, brief=inv.args.repeat > 1)
         out.append((target_out, record))
+        if record.interrupted_by:
+            break  # cancelled: the other targets are not started
     if len(out) > 1:
         print_matrix([r for _, r in out], root, console)
     return out
@@ -364,6 +372,8 @@ def print_flakes(summary: dict[str, Any], console: Any) -> None:
             "[yellow]FLAKY[/yellow]" if flaky else ("[green]stable[/green]" if c["pass"] == n else "[red]failing[/red]")
         )
         extra = f", {c['fail']} fail, {c['error']} error" if c["fail"] or c["error"] else ""
+        missing = n - c["pass"] - c["fail"] - c["error"]
+        extra += f", {missing} not run" if missing > 0 else ""
         console.print(f"  {key:<32} {c['pass']}/{n} pass{extra}  {mark}")
     verdicts = [r["verdict"] for r in summary["runs"]]
     console.print(

@@ -780,8 +780,7 @@ class DriverModel:
             Constraint("disjoint", "addr", size=size, others=self._proc_ranges(pr)),
         ]
         self._add_mapping(pr, Mapping(b, inner, size, addr, "mmap"))
-        kind, arg = b.content
-        pred.shows = f"{kind}:{arg}:{inner}"
+        pred.shows = self.shown(b, inner)
         if op.shows and op.shows != pred.shows:
             # Told to expect other bytes than the block holds (planned against a state that went
             # another way, e.g. an allocation near capacity): cma_test reports the first
@@ -910,6 +909,11 @@ class DriverModel:
         if k == "blocks":
             return GuestOutcome(op, self.loaded, "" if self.loaded else "not loaded")
         raise ValueError(f"not a guest action: {k}")
+
+    def shown(self, block: Block, inner: int) -> str:
+        """What a new mapping of block from block offset `inner` shows, as mmap's shows= says it."""
+        kind, arg = block.content
+        return f"{kind}:{arg}:{inner}"
 
     def debugfs_blocks(self) -> list[str]:
         """What the driver's debugfs `cma_mem/blocks` must list, as `id name len flags maps`

@@ -237,6 +237,8 @@ def flake_summary(iterations: list[list[RunResult]]) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
     for records in iterations:
         for record in records:
+            if record.interrupted_by:
+                continue  # cancelled by a person or CI: says nothing about flakiness
             names = [s.name for s in record.scenarios]
             for sc in record.scenarios:
                 key = f"{record.target}/{sc.name}"

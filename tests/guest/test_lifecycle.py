@@ -115,3 +115,21 @@ def test_qemu_killed_from_outside_is_an_environment_error_not_a_driver_failure(t
     assert "no kernel panic or oops" in result["error"]
     assert "fail" not in [s["status"] for s in result["steps"]]
     assert result["steps"][-1]["status"] == "error"
+
+
+def test_a_cancelled_repeat_stops_at_once(tmp_path):
+    # SIGTERM ends the whole --repeat run (as CI cancelling a job means), not one iteration.
+    scenario = tmp_path / "hang.yaml"
+    scenario.write_text(HANG.replace("timeout: 3", "timeout: 60"))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--repeat", "3", "--scenario", str(scenario), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    wait_for_console(out / "iter-01", HANG_MARK)
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "2 iteration(s) not run" in output, output
+    assert not (out / "iter-02").exists()
+    assert not qemu_alive(out / "iter-01")
