@@ -370,11 +370,29 @@ static void set_name(struct cma_mem_block *b, const char *name)
 
 static void rec_block(struct rec *r, const struct cma_mem_block *b)
 {
+	size_t n = strnlen(b->name, sizeof(b->name)), i;
+
 	rec_add(r, "id=%" PRIu32, b->id);
 	rec_add(r, "len=%" PRIu64, (uint64_t)b->len);
 	rec_add(r, "phys=0x%" PRIx64, (uint64_t)b->phy_base);
 	rec_add(r, "user=0x%" PRIx64, (uint64_t)b->mem_base);
 	rec_add(r, "offset=0x%" PRIx64, (uint64_t)b->offset);
+	/*
+	 * The name the driver wrote back: NUL-terminated, and zeros after the NUL (this program
+	 * always sends zeros there). Other bytes there are bytes the driver did not mean to copy
+	 * to user space: uninitialised kernel memory, in the classic form of the bug.
+	 */
+	if (n == sizeof(b->name)) {
+		rec_msg(r, true, "the returned name has no NUL");
+		return;
+	}
+	for (i = n + 1; i < sizeof(b->name); i++)
+		if (b->name[i]) {
+			rec_add(r, "name_tail_at=%zu", i);
+			rec_msg(r, true, "the returned name has non-zero bytes after its NUL (0x%02x at %zu)",
+				(unsigned char)b->name[i], i);
+			return;
+		}
 }
 
 /* ---- guarded memory access -------------------------------------------- */
