@@ -211,6 +211,7 @@ struct step {
 	int ptr;		/* raw: 0 normal, 1 ptr=bad, 2 ptr=ro */
 	int backend;		/* 0 driver, 1 heap (backend=heap): see the heap backend */
 	const char *shows;	/* mmap: shows=KIND:ARG:BOFF, what every byte of the mapping must be */
+	bool priv;		/* mmap: "private", MAP_PRIVATE instead of MAP_SHARED */
 };
 
 static struct {
@@ -939,7 +940,10 @@ static int do_mmap(const struct step *st, struct rec *r)
 		return e;
 	if (len > SIZE_MAX || off > (uint64_t)INT64_MAX)
 		return EOVERFLOW;
-	p = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, S.fd, (off_t)off);
+	if (st->priv)
+		rec_add(r, "private=1");
+	p = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, st->priv ? MAP_PRIVATE : MAP_SHARED, S.fd,
+		 (off_t)off);
 	if (p == MAP_FAILED)
 		return errno;
 	/* Kept mapped: a second mapping keeps the block alive in the driver. */
@@ -1759,6 +1763,8 @@ static const char *check_args(const struct step *st)
 		BAD("%s: not a heap step (the heap backend has alloc, free, verify, write, check, exhaust, bench, largest, fragtest, heapinfo)", op);
 	if (st->ptr && strcmp(op, "raw"))
 		BAD("%s: ptr= is for raw only", op);
+	if (st->priv && strcmp(op, "mmap"))
+		BAD("%s: private is for mmap only", op);
 	if (st->shows) {
 		char kind[16];
 		unsigned long long a1, a2;
@@ -1821,6 +1827,8 @@ static int parse_steps(char **w, int nw, struct step *steps, FILE *out)
 				st->backend = BACKEND_DRIVER;
 			} else if (!strncmp(w[i], "shows=", 6)) {
 				st->shows = w[i] + 6;
+			} else if (!strcmp(w[i], "private")) {
+				st->priv = true;
 			} else {
 				break;
 			}

@@ -760,6 +760,9 @@ class DriverModel:
         size = page_align(op.size)
         if size >= 1 << (self.p.bits - 2 if self.p.bits == 32 else 47):
             return "ENOMEM"  # no room in the address space (checked before the driver runs)
+        if op.private:
+            fields["private"] = "1"
+            return "EINVAL"  # the driver's first check: a private mapping would not share the buffer
         assert pr.file is not None
         b = next((x for x in pr.file.blocks if x.offset <= off < x.offset + x.len), None)
         if b is None:

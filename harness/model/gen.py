@@ -43,7 +43,7 @@ EDGE_CLASSES = frozenset(
         "name_len_0", "name_len_1", "name_len_limit-1", "name_len_limit", "name_len_limit+1", "name_prefix",
         "free_own", "free_foreign", "free_unknown", "query_own", "query_foreign", "query_unknown",
         "total", "mmap_whole", "mmap_offset", "mmap_partial", "mmap_beyond", "mmap_unaligned", "mmap_across",
-        "mmap_nowhere", "mmap_zero", "mmap_foreign", "fork", "second_process", "close", "exit", "kill",
+        "mmap_nowhere", "mmap_zero", "mmap_foreign", "mmap_private", "fork", "second_process", "close", "exit", "kill",
         "rmmod_busy", "rmmod_idle", "raw_random_cmd", "raw_bad_ptr", "raw_ro_ptr", "raw_bad_flags",
         "verify", "write", "check", "blocks",
     }
@@ -166,7 +166,10 @@ class Generator:
             return Op("mmap", pr.name, offset="@nosuch", size=PAGE)
         e = rng.choice(entries)
         pages = e.len // PAGE
-        kind = rng.choice(("whole", "offset", "partial", "beyond", "unaligned", "across", "foreign"))
+        kind = rng.choice(("whole", "offset", "partial", "beyond", "unaligned", "across", "foreign", "private"))
+        if kind == "private":
+            self._tag("mmap_private")
+            return Op("mmap", pr.name, offset=f"@{e.name}", size=e.len, private=True)
         if kind == "whole":
             self._tag("mmap_whole")
             return Op("mmap", pr.name, offset=f"@{e.name}", size=e.len - rng.choice((0, 0, PAGE - 1)))

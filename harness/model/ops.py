@@ -36,6 +36,7 @@ class Op:
     child: tuple[Op, ...] = field(default_factory=tuple)  # fork: the child's steps
     expect: str | None = None  # errno name cma_test is told to expect (None: 0)
     shows: str = ""  # mmap: what the mapping must show, KIND:ARG:BLOCKOFF (cma_test checks every byte)
+    private: bool = False  # mmap: MAP_PRIVATE (the driver must refuse it: a copy-on-write "view")
 
     @property
     def is_step(self) -> bool:
@@ -58,6 +59,7 @@ class Op:
                 w += f" ptr={self.ptr}"
         elif k == "mmap":
             w = f"mmap {self.offset} {self.size}" + (f" shows={self.shows}" if self.shows else "")
+            w += " private" if self.private else ""
         elif k == "fork":
             w = "fork"
         else:
