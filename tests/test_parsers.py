@@ -1,5 +1,6 @@
 """Parsers over real captured console logs (tests/fixtures) and the seed's log format."""
 
+from harness.oracles.checks import driver_log_problems
 from harness.oracles.cmatest import parse_record
 from harness.oracles.dmesg import (
     announced_area_problems,
@@ -331,3 +332,17 @@ def test_the_announced_cma_area_must_be_the_reserved_one(fixture_text):
     assert announced_area_problems([line.replace("128 MiB", "192 MiB")], reservation) == []
     assert announced_area_problems([], reservation) == []
     assert announced_area_problems([off], None) == []
+
+
+def test_the_kernel_complaining_about_the_driver_is_a_driver_problem():
+    # Captured (dmesg -r) from a driver whose init returned 1: the module loader's own warning.
+    raw = (
+        "<4>[    0.215934] cma_mem: loading out-of-tree module taints kernel.\n"
+        "<4>[    0.223255] do_init_module: 'cma_mem'->init suspiciously returned 1, it should follow 0/-E convention\n"
+        "<4>[    0.223300] do_init_module: 'other'->init suspiciously returned 1, it should follow 0/-E convention\n"
+    )
+    assert driver_log_problems(raw, 0.0) == [
+        "driver logged at warning level: do_init_module: 'cma_mem'->init suspiciously returned 1, "
+        "it should follow 0/-E convention"
+    ]
+    assert driver_log_problems(raw.splitlines()[0], 0.0) == []  # the taint notice is not a problem
