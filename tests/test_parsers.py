@@ -346,3 +346,9 @@ def test_the_kernel_complaining_about_the_driver_is_a_driver_problem():
         "it should follow 0/-E convention"
     ]
     assert driver_log_problems(raw.splitlines()[0], 0.0) == []  # the taint notice is not a problem
+    # Captured from a driver whose unload left its debugfs directory behind, at the next load.
+    stale = "<3>[    0.713911] debugfs: Directory 'cma_mem' with parent '/' already present!\n"
+    assert driver_log_problems(stale, 0.0) == [
+        "driver logged at err level: debugfs: Directory 'cma_mem' with parent '/' already present!"
+    ]
+    assert driver_log_problems(stale.replace("cma_mem", "other"), 0.0) == []

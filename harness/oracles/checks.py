@@ -21,8 +21,12 @@ CAPACITY_GRANULE = 8 << 10
 CAPACITY_CHUNKS = (16 << 20, 1 << 20, 64 << 10, CAPACITY_GRANULE)
 # What the driver prints itself: pr_*() with its pr_fmt prefix, dev_*() on its misc device, dump_mem.
 # The driver's own words, and the kernel's words about it: the module loader's complaint that
-# its init broke the 0/-E convention ("do_init_module: 'cma_mem'->init suspiciously returned 1").
-DRIVER_MESSAGE = re.compile(r"^(?:misc )?cma_mem: |^dump_mem:|^\w+: 'cma_mem'->(?:init|exit) ")
+# its init broke the 0/-E convention ("do_init_module: 'cma_mem'->init suspiciously returned 1"),
+# debugfs finding the driver's entries still there at the next load ("debugfs: Directory
+# 'cma_mem' with parent '/' already present!": the last unload did not remove them).
+DRIVER_MESSAGE = re.compile(
+    r"^(?:misc )?cma_mem: |^dump_mem:|^\w+: 'cma_mem'->(?:init|exit) |^debugfs: .*'cma_mem'.* already present"
+)
 # The kernel's own notes on loading an unsigned out-of-tree module: not the driver's words, not faults.
 TAINT_NOTICE = re.compile(r"taints kernel|tainting kernel")
 # delete_module() refuses a module with users: EWOULDBLOCK under busybox rmmod (O_NONBLOCK), EBUSY otherwise.
