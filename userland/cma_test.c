@@ -448,25 +448,6 @@ struct mismatch {
 	uint8_t want, got;
 };
 
-/* The driver's fill: returns false at the first wrong byte. */
-static __attribute__((noinline)) bool scan_driver_pattern(const uint8_t *p, uint64_t len,
-							  uint32_t id, struct mismatch *m)
-{
-	uint64_t off;
-
-	for (off = 0; off < len; off++) {
-		uint8_t want = cma_mem_pattern_byte(id, off);
-
-		if (p[off] != want) {
-			m->at = off;
-			m->want = want;
-			m->got = p[off];
-			return false;
-		}
-	}
-	return true;
-}
-
 static __attribute__((noinline)) void fill_seeded(uint8_t *p, uint64_t len, uint32_t seed)
 {
 	uint64_t w;
@@ -504,6 +485,54 @@ static __attribute__((noinline)) bool scan_seeded(const uint8_t *p, uint64_t len
 	return true;
 }
 
+/*
+ * Bytes from block offset boff on, as KIND leaves them: 'p' the driver's fill for block id
+ * `arg`, 's' what "write NAME SEED" left (seed `arg`), anything else zeros. False at the first
+ * wrong byte, which m then holds.
+ */
+static __attribute__((noinline)) bool scan_content(const uint8_t *p, uint64_t len, char kind,
+						   uint32_t arg, uint64_t boff, struct mismatch *m)
+{
+	uint64_t i;
+
+	for (i = 0; i < len; i++) {
+		uint64_t o = boff + i;
+		uint8_t want = 0;
+
+		if (kind == 'p') {
+			want = cma_mem_pattern_byte(arg, o);
+		} else if (kind == 's') {
+			uint32_t v = seeded_word(arg, o / 4);
+
+			want = ((const uint8_t *)&v)[o % 4];	/* as fill_seeded's memcpy lays it */
+		}
+		if (p[i] != want) {
+			m->at = i;
+			m->want = want;
+			m->got = p[i];
+			return false;
+		}
+	}
+	return true;
+}
+
+/* A scan that found a wrong byte: where, what was wanted, what was there. */
+static void rec_mismatch(struct rec *r, const struct mismatch *m, const char *what)
+{
+	rec_add(r, "at=%" PRIu64, m->at);
+	rec_add(r, "want=0x%02x", m->want);
+	rec_add(r, "got=0x%02x", m->got);
+	rec_msg(r, true, "%s", what);
+}
+
+/* A guarded access that faulted at fault_addr (base: the mapping's start); the step's EFAULT. */
+static int rec_fault(struct rec *r, int sig, const void *base, const char *doing)
+{
+	rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)base));
+	rec_msg(r, false, "%s while %s", sig == SIGBUS ? "SIGBUS" : "SIGSEGV", doing);
+	return EFAULT;
+}
+
 enum mem_op { MEM_VERIFY, MEM_WRITE, MEM_CHECK };
 
 /* Returns 0, or EFAULT when the mapping faulted (SIGSEGV/SIGBUS). */
@@ -516,16 +545,12 @@ static int guarded_mem(enum mem_op op, const struct cma_mem_block *b, uint32_t s
 	int sig;
 
 	sig = sigsetjmp(fault_jb, 1);
-	if (sig) {
-		rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)p));
-		rec_msg(r, false, "%s while accessing the mapping",
-			sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
-		return EFAULT;
-	}
+	if (sig)
+		return rec_fault(r, sig, p, "accessing the mapping");
 	fault_armed = 1;
 	switch (op) {
 	case MEM_VERIFY:
-		good = scan_driver_pattern(p, b->len, b->id, &m);
+		good = scan_content(p, b->len, 'p', b->id, 0, &m);
 		break;
 	case MEM_WRITE:
 		fill_seeded(p, b->len, seed);
@@ -536,12 +561,8 @@ static int guarded_mem(enum mem_op op, const struct cma_mem_block *b, uint32_t s
 		break;
 	}
 	fault_armed = 0;
-	if (!good) {
-		rec_add(r, "at=%" PRIu64, m.at);
-		rec_add(r, "want=0x%02x", m.want);
-		rec_add(r, "got=0x%02x", m.got);
-		rec_msg(r, true, "pattern mismatch");
-	}
+	if (!good)
+		rec_mismatch(r, &m, "pattern mismatch");
 	return 0;
 }
 
@@ -870,32 +891,6 @@ static int resolve_offset(const char *s, uint64_t *off, struct rec *r)
  * the driver's fill (pattern:ID), what "write NAME SEED" left (seeded:SEED) or zeros. The
  * caller (the driver model) knows which block and where; this checks the driver mapped it so.
  */
-static __attribute__((noinline)) bool scan_content(const uint8_t *p, uint64_t len, char kind,
-						   uint32_t arg, uint64_t boff, struct mismatch *m)
-{
-	uint64_t i;
-
-	for (i = 0; i < len; i++) {
-		uint64_t o = boff + i;
-		uint8_t want = 0;
-
-		if (kind == 'p') {
-			want = cma_mem_pattern_byte(arg, o);
-		} else if (kind == 's') {
-			uint32_t v = seeded_word(arg, o / 4);
-
-			want = ((const uint8_t *)&v)[o % 4];	/* as fill_seeded's memcpy lays it */
-		}
-		if (p[i] != want) {
-			m->at = i;
-			m->want = want;
-			m->got = p[i];
-			return false;
-		}
-	}
-	return true;
-}
-
 static int check_shows(const uint8_t *p, uint64_t len, const char *shows, struct rec *r)
 {
 	char kind[16];
@@ -906,20 +901,13 @@ static int check_shows(const uint8_t *p, uint64_t len, const char *shows, struct
 
 	sscanf(shows, "%15[a-z]:%llu:%llu", kind, &arg, &boff);	/* checked by check_args */
 	sig = sigsetjmp(fault_jb, 1);
-	if (sig) {
-		rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)p));
-		rec_msg(r, false, "%s while reading the new mapping", sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
-		return EFAULT;
-	}
+	if (sig)
+		return rec_fault(r, sig, p, "reading the new mapping");
 	fault_armed = 1;
 	good = scan_content(p, len, kind[0], (uint32_t)arg, boff, &m);
 	fault_armed = 0;
-	if (!good) {
-		rec_add(r, "at=%" PRIu64, m.at);
-		rec_add(r, "want=0x%02x", m.want);
-		rec_add(r, "got=0x%02x", m.got);
-		rec_msg(r, true, "the mapping shows other bytes than its block at that offset");
-	}
+	if (!good)
+		rec_mismatch(r, &m, "the mapping shows other bytes than its block at that offset");
 	return 0;
 }
 
@@ -1294,21 +1282,6 @@ static int heap_do_free(const struct step *st, struct rec *r)
 	return e;
 }
 
-static __attribute__((noinline)) bool scan_zero(const uint8_t *p, uint64_t len, struct mismatch *m)
-{
-	uint64_t off;
-
-	for (off = 0; off < len; off++) {
-		if (p[off]) {
-			m->at = off;
-			m->want = 0;
-			m->got = p[off];
-			return false;
-		}
-	}
-	return true;
-}
-
 /* The access itself, guarded like the driver's (SIGSEGV/SIGBUS become EFAULT). */
 static int heap_guarded(enum mem_op op, const struct hblk *b, uint32_t seed, struct rec *r)
 {
@@ -1317,26 +1290,19 @@ static int heap_guarded(enum mem_op op, const struct hblk *b, uint32_t seed, str
 	int sig;
 
 	sig = sigsetjmp(fault_jb, 1);
-	if (sig) {
-		rec_add(r, "at=%" PRIu64, (uint64_t)((uintptr_t)fault_addr - (uintptr_t)b->addr));
-		rec_msg(r, false, "%s while accessing the mapping", sig == SIGBUS ? "SIGBUS" : "SIGSEGV");
-		return EFAULT;
-	}
+	if (sig)
+		return rec_fault(r, sig, b->addr, "accessing the mapping");
 	fault_armed = 1;
 	if (op == MEM_VERIFY) {
-		good = scan_zero(b->addr, b->len, &m);
+		good = scan_content(b->addr, b->len, 'z', 0, 0, &m);
 	} else {
 		if (op == MEM_WRITE)
 			fill_seeded(b->addr, b->len, seed);
 		good = scan_seeded(b->addr, b->len, seed, &m);
 	}
 	fault_armed = 0;
-	if (!good) {
-		rec_add(r, "at=%" PRIu64, m.at);
-		rec_add(r, "want=0x%02x", m.want);
-		rec_add(r, "got=0x%02x", m.got);
-		rec_msg(r, true, op == MEM_VERIFY ? "heap buffer not zeroed" : "pattern mismatch");
-	}
+	if (!good)
+		rec_mismatch(r, &m, op == MEM_VERIFY ? "heap buffer not zeroed" : "pattern mismatch");
 	return 0;
 }
 
