@@ -37,6 +37,9 @@ import hashlib
 FORMAT_VERSION = "5"
 
 READY_MARKER = "@@ready"
+# console_loglevel once booted: every message (the driver's dump_mem lines included) reaches the
+# console, where the live fault detector reads it.
+CONSOLE_LOGLEVEL = 8
 # What a snapshot's base image prints at its ready point instead (harness/guest/snapshot.py):
 # "@@ready" then appears only once the restored guest has this build's driver and cma_test,
 # so in console.log it means the same thing, booted or restored.
@@ -59,7 +62,7 @@ mount -a 2>/dev/null
 # No tty echo: the console then carries only what the guest prints, and a typed
 # command can never look like a kernel message.
 stty -echo 2>/dev/null
-echo 8 > /proc/sys/kernel/printk
+echo @LOGLEVEL@ > /proc/sys/kernel/printk
 # A task stuck in D state (a driver deadlock) is reported after 10 s instead of 120 s.
 echo 10 > /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 
@@ -145,6 +148,7 @@ def init_script(extra: str = "", ready: str = READY_MARKER) -> str:
         .replace("@EXTRA@", extra)
         .replace("@READY@", ready)
         .replace("@EMPTY_MD5@", hashlib.md5(b"").hexdigest())
+        .replace("@LOGLEVEL@", str(CONSOLE_LOGLEVEL))
     )
 
 

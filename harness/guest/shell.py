@@ -9,6 +9,8 @@ from harness.oracles.symbolize import SECTIONS_MARKER
 
 MODULE = "cma_mem"
 MODULE_PATH = f"/lib/modules/{MODULE}.ko"
+# The driver's debugfs list of every live block (the fuzzer compares it with the model).
+DEBUGFS_BLOCKS = f"/sys/kernel/debug/{MODULE}/blocks"
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
 PATTERN_PARAM = f"/sys/module/{MODULE}/parameters/test_pattern"
 # Exit codes of the capacity probe's own plumbing, distinct from cma_test's.

@@ -255,7 +255,6 @@ class DriverModel:
         self.used = 0
         self.nblocks = 0
         self.step = 0  # cma_test's record counter within the current command
-        self._shows_differ = False  # the mmap being predicted was told other bytes than its block has
         self._fake_phys = 0x4000_0000
         self._fake_user = 0x7F00_0000_0000
 
@@ -484,9 +483,7 @@ class DriverModel:
         elif k == "raw":
             err = self._raw(pr, op, pred, fields, rec)
         elif k == "mmap":
-            self._shows_differ = False
-            err = self._mmap(pr, op, pred, fields, rec)
-            bad = self._shows_differ
+            err, bad = self._mmap(pr, op, pred, fields, rec)
         elif k == "close":
             err = self._close(pr, fields)
         else:
@@ -732,7 +729,10 @@ class DriverModel:
                     return (off, got)
         return None
 
-    def _mmap(self, pr: Proc, op: Op, pred: Predicted, fields: dict[str, str], rec: CmaRecord | None) -> str:
+    def _mmap(
+        self, pr: Proc, op: Op, pred: Predicted, fields: dict[str, str], rec: CmaRecord | None
+    ) -> tuple[str, bool]:
+        """The errno, and whether the new mapping shows other bytes than op.shows says."""
         off = 0
         err = "0"
         spec = op.offset
@@ -748,30 +748,30 @@ class DriverModel:
         fields["offset"] = f"{off:#x}"
         fields["len"] = str(op.size)
         if err != "0":
-            return err
+            return err, False
         err = self._need_fd(pr)
         if err != "0":
-            return err
+            return err, False
         size_max = (1 << self.p.bits) - 1
         if op.size > size_max or off > (1 << 63) - 1:
-            return "EOVERFLOW"
+            return "EOVERFLOW", False
         if off % PAGE or op.size == 0:
-            return "EINVAL"
+            return "EINVAL", False
         size = page_align(op.size)
         if size >= 1 << (self.p.bits - 2 if self.p.bits == 32 else 47):
-            return "ENOMEM"  # no room in the address space (checked before the driver runs)
+            return "ENOMEM", False  # no room in the address space (checked before the driver runs)
         if op.private:
             fields["private"] = "1"
-            return "EINVAL"  # the driver's first check: a private mapping would not share the buffer
+            return "EINVAL", False  # the driver's first check: a private mapping would not share the buffer
         assert pr.file is not None
         b = next((x for x in pr.file.blocks if x.offset <= off < x.offset + x.len), None)
         if b is None:
-            return "EINVAL"
+            return "EINVAL", False
         if b.owner != pr.pid:
-            return "EPERM"
+            return "EPERM", False
         inner = off - b.offset
         if size > b.len - inner:
-            return "EINVAL"
+            return "EINVAL", False
         addr = rec.int("addr") if rec is not None and rec.get("errno") == "0" else None
         if addr is None and rec is None and self.p.fake_addresses:
             addr = self._fake_addr(size)
@@ -784,12 +784,10 @@ class DriverModel:
         ]
         self._add_mapping(pr, Mapping(b, inner, size, addr, "mmap"))
         pred.shows = self.shown(b, inner)
-        if op.shows and op.shows != pred.shows:
-            # Told to expect other bytes than the block holds (planned against a state that went
-            # another way, e.g. an allocation near capacity): cma_test reports the first
-            # difference (status fail, at/want/got), which the model does not pin down.
-            self._shows_differ = True
-        return "0"
+        # Told to expect other bytes than the block holds (planned against a state that went
+        # another way, e.g. an allocation near capacity): cma_test reports the first
+        # difference (status fail, at/want/got), which the model does not pin down.
+        return "0", bool(op.shows) and op.shows != pred.shows
 
     def _close(self, pr: Proc, fields: dict[str, str]) -> str:
         fields["blocks"] = str(len(pr.entries))

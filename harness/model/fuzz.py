@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from harness.errors import GuestSetupError
-from harness.guest.shell import MODULE, MODULE_PATH, RESET_COMMAND
+from harness.guest.guestinit import CONSOLE_LOGLEVEL
+from harness.guest.shell import DEBUGFS_BLOCKS, MODULE, MODULE_PATH, RESET_COMMAND
 from harness.guest.transport.base import Transport
 from harness.model.check import Mismatch, check_batch, check_blocks_listing, check_guest
 from harness.model.driver import DriverModel, Params
@@ -328,9 +329,8 @@ class _Command:
         return "cma_test ctl - " + " ".join(w.text for w in self.words if w.text is not None)
 
 
-# console_loglevel: messages below it reach the console. guestinit sets 8 (everything).
-QUIET_CONSOLE, FULL_CONSOLE = 5, 8
-DEBUGFS_BLOCKS = f"/sys/kernel/debug/{MODULE}/blocks"
+# console_loglevel while fuzzing: messages below it reach the console (4 and lower: every fault).
+QUIET_CONSOLE = 5
 
 
 def measure(ex: GuestExecutor) -> Params:
@@ -402,5 +402,5 @@ def fuzz_guest(
 
         found.repro = minimise(failure, fresh_model, fresh_executor)
         found.repro_yaml = to_scenario_yaml(found.repro, fresh_model(), description=failure.mismatches[0].describe())
-    ex.run_command(f"{RESET_COMMAND}; insmod {MODULE_PATH}; echo {FULL_CONSOLE} > /proc/sys/kernel/printk")
+    ex.run_command(f"{RESET_COMMAND}; insmod {MODULE_PATH}; echo {CONSOLE_LOGLEVEL} > /proc/sys/kernel/printk")
     return found

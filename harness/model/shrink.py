@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import yaml
 
+from harness.guest.shell import DEBUGFS_BLOCKS
 from harness.model.driver import DriverModel
 from harness.model.gen import with_expects
 from harness.model.ops import Op, batches
@@ -110,7 +111,7 @@ def to_scenario_yaml(ops: list[Op], model: DriverModel, name: str = "fuzz-repro"
                 want = ";".join(model.debugfs_blocks())
                 listing = (
                     "sed -E 's/^pid=[-0-9]+ name=(.*) id=([0-9]+) phys=0x[0-9a-f]+ len=([0-9]+) flags=([a-z]+) "
-                    "maps=([-0-9]+)$/\\2 \\1 \\3 \\4 \\5/' /sys/kernel/debug/cma_mem/blocks | sort -n | "
+                    f"maps=([-0-9]+)$/\\2 \\1 \\3 \\4 \\5/' {DEBUGFS_BLOCKS} | sort -n | "
                     "tr '\\n' ';' | sed 's/;$//'"
                 )
                 check = f'got=$({listing}); echo "$got"; test "$got" = {shlex.quote(want)}'
