@@ -1,0 +1,54 @@
+"""The console reader on a real pty: lines as they arrive, kernel lines cut out, EOF seen."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pexpect
+import pytest
+
+from harness.guest.console import Console, ConsoleClosed, ConsoleTimeout
+
+# Output in three bursts, the last line without a newline, then exit: what QEMU's pty gives.
+PROGRAM = (
+    "import sys, time\n"
+    "w = sys.stdout.write\n"
+    "w('@@1 B\\nhalf'); sys.stdout.flush(); time.sleep(0.05)\n"
+    "w(' line[    1.000000] WARNING: x\\n'); sys.stdout.flush(); time.sleep(0.05)\n"
+    "w('tail'); sys.stdout.flush()\n"
+)
+
+
+def spawn(program: str) -> pexpect.spawn:
+    return pexpect.spawn(sys.executable, ["-c", program], echo=False)
+
+
+def test_lines_arrive_split_and_logged_then_eof() -> None:
+    log = io.BytesIO()
+    console = Console(spawn(PROGRAM), log)
+    seen: list[str] = []
+    console.add_listener(lambda line: seen.append(line.text))
+    got = [console.next_line(float("inf"), "x").text for _ in range(3)]
+    assert got == ["@@1 B", "half line", "[    1.000000] WARNING: x"]
+    with pytest.raises(ConsoleClosed):
+        console.next_line(float("inf"), "more")
+    # The unterminated last line is still seen once the other side is gone.
+    assert seen == [*got, "tail"]
+    assert log.getvalue().replace(b"\r", b"") == b"@@1 B\nhalf line[    1.000000] WARNING: x\ntail\n"
+    assert console.closed
+
+
+def test_nothing_arrives_times_out_with_the_tail() -> None:
+    import time
+
+    console = Console(spawn("import sys, time; print('booting'); sys.stdout.flush(); time.sleep(30)"))
+    try:
+        with pytest.raises(ConsoleTimeout) as exc:
+            console.wait_for(lambda text: text == "@@ready", 0.3, "the ready marker")
+        assert "booting" in (exc.value.detail or "")
+        started = time.monotonic()
+        assert console.read_lines(0.0) == []
+        assert time.monotonic() - started < 0.1
+    finally:
+        console.child.terminate(force=True)
