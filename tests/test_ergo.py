@@ -23,7 +23,7 @@ from harness.guest.qemu import qemu_command
 from harness.oracles.ktap import parse_ktap, totals_problems
 from harness.report.compare import compare
 from harness.report.provenance_diff import diff
-from harness.run.parallel import Job, estimate, flake_summary, merge, partition
+from harness.run.parallel import ClaimBoard, Job, flake_summary, longest_first, merge
 from harness.run.resolve import effective_config
 from harness.run.result import RunResult, ScenarioSummary, Verdict
 from harness.scenario.loader import resolve_scenarios, scenario_paths
@@ -180,17 +180,33 @@ def test_k_selects_by_substring_glob_and_exclusion():
 # --- -j: split and merge --------------------------------------------------------------------
 
 
-def test_partition_balances_by_known_durations_and_keeps_order():
+def test_the_queue_is_longest_first_by_known_durations_else_by_steps():
     suite = resolve_scenarios([str(scenario_paths()[0].parent)])
     known = {s.name: 1.0 for s in suite} | {"stress": 6.0, "exhaustion": 5.0}
-    groups = partition(suite, 2, known)
-    loads = [sum(estimate(s, known) for s in g) for g in groups]
-    assert len(groups) == 2 and abs(loads[0] - loads[1]) <= 1.0
-    order = [s.name for s in suite]
-    for g in groups:
-        assert [s.name for s in g] == [n for n in order if n in {s.name for s in g}]
-    assert sorted(s.name for g in groups for s in g) == sorted(order)
-    assert len(partition(suite[:1], 4, known)) == 1
+    queue = longest_first(suite, known)
+    assert [s.name for s in queue[:2]] == ["stress", "exhaustion"] and sorted(queue, key=suite.index) == suite
+    # Never run here: estimated from the steps, a repeat of 500 weighing more than a few steps.
+    assert longest_first(suite, {})[0].name == "stress"
+
+
+def test_each_scenario_is_claimed_once_across_processes(tmp_path):
+    """Two processes race for 200 claims: every name goes to exactly one of them."""
+    import multiprocessing
+
+    names = [f"s{i}" for i in range(200)]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        won = pool.starmap(claim_all, [(tmp_path, names)] * 2)
+    assert sorted(won[0] + won[1]) == sorted(names)
+    board = ClaimBoard(tmp_path)
+    assert not board.claim("s0") and board.taken("s0") and not board.taken("new")
+    board.close()  # -x: a failed job stops the others taking more
+    assert not board.claim("new") and board.taken("new")
+
+
+def claim_all(root, names):
+    board = ClaimBoard(root)
+    return [n for n in names if board.claim(n)]
 
 
 def record(target: str, verdicts: dict[str, str]) -> RunResult:
@@ -212,6 +228,9 @@ def test_merge_keeps_the_asked_order_and_the_worst_verdict(tmp_path):
     assert merged.verdict == Verdict.FAIL and merged.timings == {"boot": 2.0, "total": 4.5}
     assert [j["job"] for j in merged.config["jobs"]] == ["t/1", "t/2"]
     assert RunResult.from_json(merged.to_json()).to_json() == merged.to_json()
+    assert merged.not_run == []
+    b.result.not_run = ["stress"]  # -x in one job: whatever no job ran is listed as not run
+    assert merge("t", [b], ["smoke", "lifecycle", "stress"], 4.5).not_run == ["stress"]
     broken = merge("t", [a, lost], ["stress"], 1.0)
     assert broken.verdict == Verdict.ERROR and "job t/3 left no result.json" in broken.problems[0]
 

@@ -67,8 +67,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "-x",
         "--exitfirst",
         action="store_true",
-        help="stop at the first failing scenario (the rest are listed as not run); with -j, per job",
+        help="stop at the first failing scenario (the rest are listed as not run); with -j, every job stops",
     )
+    # A -j job's share of its target's scenario queue (harness/run/parallel.py ClaimBoard).
+    g.add_argument("--claim-dir", help=argparse.SUPPRESS)
     g.add_argument("--dry-run", action="store_true", help="print the resolved plan (prepares, never boots)")
     g.add_argument("--json", action="store_true", help="the result (or the summary) as JSON on stdout")
 
@@ -126,6 +128,7 @@ class Invocation:
             raise ConfigError("-j and --repeat take a number ≥ 1")
 
     def options(self, target: Target, out: Path, scenarios: list[Scenario] | None = None) -> Any:
+        from harness.run.parallel import ClaimBoard
         from harness.run.result import TransportKind
         from harness.run.session import RunOptions
 
@@ -143,6 +146,7 @@ class Invocation:
             while_booting=import_reports,
             snapshot=self.args.snapshot,
             exitfirst=self.args.exitfirst,
+            claims=ClaimBoard(Path(self.args.claim_dir)) if self.args.claim_dir else None,
         )
 
     def target_out(self, root: Path, target: Target) -> Path:
@@ -154,6 +158,10 @@ class Invocation:
         argv = [sys.executable, "-m", "harness", "run", "--target", str(target.path), "--out", str(job.out)]
         for scenario in job.scenarios:
             argv += ["--scenario", str(scenario.path)]
+        if job.claims is not None:
+            argv += ["--claim-dir", str(job.claims)]
+        if self.args.exitfirst:
+            argv.append("--exitfirst")
         argv += ["--kmod", str(self.kmod), "--transport", self.args.transport, "--cache-dir", str(self.cache)]
         if getattr(self.args, "backend", None):
             argv += ["--backend", self.args.backend]
@@ -249,12 +257,13 @@ def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path
 def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, RunResult]]:
     """Jobs (target, scenario group) in parallel guests; one merged result per target; one table."""
     from harness.report.terminal import print_matrix
-    from harness.run.parallel import Job, Pool, estimate, load_durations, merge, partition
+    from harness.run.parallel import Job, Pool, estimate, load_durations, longest_first, merge
     from harness.run.session import prepare_artifacts
 
     width = inv.args.jobs
     per_target = max(1, -(-width // len(inv.targets)))  # ceil: every guest gets work
     jobs: list[Job] = []
+    queues: dict[str, list[Scenario]] = {}
     for target in inv.targets:
         # Prepared once, here: the jobs then find every artifact in the cache.
         started = time.monotonic()
@@ -264,12 +273,18 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         console.print(f"[green]✓[/green] prepared {target.name} ({time.monotonic() - started:.2f} s)")
         known = load_durations(inv.cache, target.name)
 
-        for k, group in enumerate(partition(inv.scenarios, per_target, known), start=1):
+        # Every job of the target gets the whole list, longest first, and runs what it claims.
+        queue = queues[target.name] = longest_first(inv.scenarios, known)
+        claims = inv.target_out(root, target) / "jobs" / "claims"
+        claims.mkdir(parents=True, exist_ok=True)
+        share = sum(estimate(s, known) for s in queue) / min(per_target, len(queue))
+        for k in range(1, min(per_target, len(queue)) + 1):
             out = inv.target_out(root, target) / "jobs" / str(k)
-            jobs.append(Job(f"{target.name}/{k}", target.name, group, out, sum(estimate(s, known) for s in group)))
+            jobs.append(Job(f"{target.name}/{k}", target.name, queue, out, share, claims=claims))
     console.print(
-        f"{len(jobs)} jobs on {width} guests at a time: "
-        + "; ".join(f"{j.key}: {','.join(s.name for s in j.scenarios)}" for j in jobs)
+        f"{len(jobs)} jobs on {width} guests at a time, each taking the next scenario from its target's "
+        "queue: " + "; ".join(f"{t}: {','.join(s.name for s in q)}" for t, q in queues.items()),
+        soft_wrap=True,
     )
     started = time.monotonic()
     with JobBoard(console, jobs) as board:
@@ -326,10 +341,11 @@ class JobBoard:
 
     def changed(self, job: Job) -> None:
         if job.exit_status is None:
-            self.console.print(f"  [dim]job {job.key} started: {', '.join(s.name for s in job.scenarios)}[/dim]")
+            self.console.print(f"  [dim]job {job.key} started[/dim]")
         else:
             verdict = str(job.result.verdict) if job.result else f"error (exit {job.exit_status})"
-            self.console.print(f"  job {job.key}: {verdict} in {job.ended - job.started:.1f} s → {job.out}")
+            ran = f" ({', '.join(s.name for s in job.result.scenarios)})" if job.result else ""
+            self.console.print(f"  job {job.key}: {verdict} in {job.ended - job.started:.1f} s{ran} → {job.out}")
 
     def __rich__(self) -> Any:
         from rich.table import Table

@@ -1,13 +1,14 @@
 """`run -j N` and `run --repeat N`: several guests side by side, iterations, and their one summary.
 
--j N splits the work into independent jobs, (target, group of scenarios), and runs up to N at
-once, each a `cma-harness run` process with its own guest and its own run directory
-(`<run>/jobs/<k>/`). The scenarios of a target are split by expected duration (longest first
-onto the least loaded group; durations remembered from earlier runs in the cache, else
-estimated from the steps), so the guests finish together. The prepare stage has run once
-in the parent before any job starts, so jobs find the cache warm; entry locks keep it safe
-anyway. The jobs of a target are merged into one result.json (`merge`), read by `report` and
-`compare` like any other.
+-j N runs up to N jobs at once, each a `cma-harness run` process with its own guest and its own
+run directory (`<run>/jobs/<k>/`). The jobs of a target share one queue of its scenarios
+(`ClaimBoard`), longest first by the durations remembered from earlier runs (else estimated
+from the steps): each job takes the next scenario nobody has taken when its guest is free. On
+a noisy host a scenario's time varies by 2x from run to run, so a split made in advance leaves
+one guest idle while the other finishes; a queue keeps both busy to the end (LPT order keeps
+the tail short). The prepare stage has run once in the parent before any job starts, so jobs
+find the cache warm; entry locks keep it safe anyway. The jobs of a target are merged into one
+result.json (`merge`), read by `report` and `compare` like any other.
 
 --repeat N runs the whole thing N times (`<run>/iter-01/`, ...); every iteration's verdict
 goes into `<run>/summary.json` with per-scenario pass counts: a scenario that both passed
@@ -48,6 +49,7 @@ class Job:
     ended: float = 0.0
     exit_status: int | None = None
     result: RunResult | None = None
+    claims: Path | None = None  # the target's ClaimBoard: the job runs only what it claims
 
     @property
     def log(self) -> Path:
@@ -78,19 +80,6 @@ def estimate(scenario: Scenario, known: dict[str, float]) -> float:
     return 0.5 + 0.05 * sum(_step_weight(s) for s in scenario.steps)
 
 
-def partition(scenarios: list[Scenario], groups: int, known: dict[str, float]) -> list[list[Scenario]]:
-    """Longest first onto the least loaded group; each group keeps the original scenario order."""
-    groups = max(1, min(groups, len(scenarios)))
-    loads = [0.0] * groups
-    members: list[list[int]] = [[] for _ in range(groups)]
-    order = sorted(range(len(scenarios)), key=lambda i: -estimate(scenarios[i], known))
-    for i in order:
-        g = loads.index(min(loads))
-        loads[g] += estimate(scenarios[i], known)
-        members[g].append(i)
-    return [[scenarios[i] for i in sorted(m)] for m in members if m]
-
-
 def load_durations(cache: Path, target: str) -> dict[str, float]:
     with contextlib.suppress(OSError, ValueError):
         data = json.loads((cache / DURATIONS).read_text())
@@ -112,6 +101,39 @@ def remember_durations(cache: Path, records: list[RunResult]) -> None:
                 data.setdefault(record.target, {})[sc.name] = round(sc.duration, 2)
     with contextlib.suppress(OSError):
         write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+def longest_first(scenarios: list[Scenario], known: dict[str, float]) -> list[Scenario]:
+    return sorted(scenarios, key=lambda s: -estimate(s, known))
+
+
+@dataclass(frozen=True)
+class ClaimBoard:
+    """The scenarios of one target handed out once each to the jobs sharing them: a claim is a
+    file created with O_EXCL, so two processes never both get one, and no coordinator is needed
+    while they run. A job that must stop the others (-x after a failure) closes the board."""
+
+    root: Path
+
+    CLOSED = ".closed"
+
+    def claim(self, name: str) -> bool:
+        if (self.root / self.CLOSED).exists():
+            return False
+        try:
+            fd = os.open(self.root / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return True
+
+    def taken(self, name: str) -> bool:
+        return (self.root / name).exists() or (self.root / self.CLOSED).exists()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.root / self.CLOSED).touch()
 
 
 # --- running -------------------------------------------------------------------
@@ -218,12 +240,15 @@ def merge(target: str, jobs: list[Job], order: list[str], wall: float) -> RunRes
         {
             "job": j.key,
             "dir": str(j.out),
-            "scenarios": [s.name for s in j.scenarios],
+            "scenarios": [s.name for s in j.result.scenarios] if j.result else [s.name for s in j.scenarios],
             "verdict": str(j.result.verdict) if j.result else "error",
             "seconds": round(j.ended - j.started, 3),
         }
         for j in jobs
     ]
+    ran = {s.name for s in merged.scenarios}
+    if any(r.not_run for r in results):  # -x: one job failed and closed the board
+        merged.not_run = [name for name in order if name not in ran]
     verdicts = [r.verdict for r in results] + ([Verdict.ERROR] if len(results) < len(jobs) else [])
     merged.verdict = max(verdicts, key=lambda v: VERDICT_RANK[v]) if verdicts else Verdict.ERROR
     return merged

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from harness.artifacts.debian import KernelImage
     from harness.guest.machine import Guest, SshSetup
     from harness.guest.snapshot import Snapshot
+    from harness.run.parallel import ClaimBoard
     from harness.scenario.runner import ScenarioResult, ScenarioRunner
 
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
@@ -69,6 +70,9 @@ class RunOptions:
     # Stop after the first scenario that fails (a mutant or a bisect step needs one failure,
     # not all of them); the scenarios left are recorded in RunResult.not_run.
     exitfirst: bool = False
+    # -j: the queue this job shares with the target's other jobs (harness/run/parallel.py); a
+    # scenario runs here only if this job claims it first. None: run every scenario.
+    claims: ClaimBoard | None = None
 
 
 class Stages:
@@ -435,6 +439,12 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
             try:
                 runners: list[ScenarioRunner] = []  # those that ran on this guest
                 for index, scenario in enumerate(opts.scenarios):
+                    if opts.claims is not None and not opts.claims.claim(scenario.name):
+                        continue  # another job's guest has it
+                    later = opts.scenarios[index + 1 :]
+                    # The last one here keeps its kernel log for dmesg.txt: with a shared queue,
+                    # when every later scenario is already taken (claims are never given back).
+                    last = not later or (opts.claims is not None and all(opts.claims.taken(s.name) for s in later))
                     if guest is None:
                         guest = boot_guest(opts, stage, boot, console_log, record, prepared)
                         runners = []
@@ -445,9 +455,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         guest.transport.run(RESET_COMMAND, timeout=opts.target.timeouts.command)
                     opts.observer.scenario_started(scenario, index + 1, len(opts.scenarios))
                     with stage("scenario"):
-                        runner = _run_scenario(
-                            guest, scenario, record, opts.observer, last=index == len(opts.scenarios) - 1
-                        )
+                        runner = _run_scenario(guest, scenario, record, opts.observer, last=last)
                     runners.append(runner)
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
@@ -463,7 +471,9 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                             # from outside, out of memory, a QEMU bug), not the driver's doing.
                             raise guest_died(record, dead, runner.aborted)
                     if opts.exitfirst and runner.outcome is not None and runner.outcome.failed:
-                        record.not_run = [s.name for s in opts.scenarios[index + 1 :]]
+                        record.not_run = [s.name for s in later]
+                        if opts.claims is not None:
+                            opts.claims.close()  # the other jobs stop taking scenarios too
                         break
                 swept = False
                 if guest is not None and runners:
