@@ -80,3 +80,47 @@ def test_a_snapshots_key_is_the_same_for_every_build_of_the_driver(tmp_path: Pat
     assert "rmmod virtio_blk" in one.deliver_command() and "--flushbufs" in one.deliver_command()
     blob = one.payload.read_bytes()
     assert blob[510:1024] == bytes(514) and blob.startswith(b"070701")  # no partition table, a cpio archive
+
+
+def test_old_snapshots_and_payloads_are_pruned_after_a_save(tmp_path: Path) -> None:
+    import os
+
+    from harness.guest import snapshot
+
+    now = 1_000_000.0
+    day = 86400.0
+    # The 3 most recently used stay; an older one used within 10 minutes stays too.
+    uses = {"a": now - 5 * day, "b": now - 60, "c": now - 2 * day, "d": now - 3 * day, "e": now - 4 * day}
+    assert snapshot.stale(uses, 3, now) == ["a", "e"]
+    assert snapshot.stale(uses | {"c": now - 300}, 1, now) == ["a", "d", "e"]  # c: in use 5 min ago
+
+    root = tmp_path / "snapshots"
+    names = [f"arm64-virt-{k:020x}" for k in range(6)] + ["armv7-virt-" + "f" * 20]
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        (root / name / snapshot.META).write_text("{}")
+        os.utime(root / name / snapshot.META, (now - i * day, now - i * day))
+        os.utime(root / name, (now - i * day, now - i * day))
+    (root / "payloads").mkdir()
+    for i in range(10):
+        (root / "payloads" / f"{i}.cpio").write_bytes(b"x")
+        os.utime(root / "payloads" / f"{i}.cpio", (now - i * day, now - i * day))
+    saved = snapshot.Snapshot(
+        names[5][len("arm64-virt-") :],
+        root / names[5],
+        None,
+        root / "payloads" / "9.cpio",
+        {},  # type: ignore[arg-type]
+    )
+    removed = snapshot.prune(saved, now=now + 1)
+    left = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "payloads")
+    # Kept: the one just saved (however old its files look), the three most recent, another target's.
+    assert left == sorted([*names[:3], names[5], names[6]])
+    assert sorted(p.name for p in (root / "payloads").iterdir()) == sorted(f"{i}.cpio" for i in [*range(8), 9])
+    assert len(removed) == 3 and all(not p.exists() for p in removed)
+    # An entry another process holds (saving it, say) is left alone.
+    import fcntl
+
+    with (root / f"{names[1]}.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert not snapshot.try_remove(root / names[1]) and (root / names[1]).exists()

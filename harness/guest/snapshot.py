@@ -271,6 +271,75 @@ def save(snap: Snapshot, qmp_socket: Path, transcript: list[str], timeout: float
     return time.monotonic() - started
 
 
+# Snapshots kept per target, the most recently used: someone switching between two kernels keeps
+# both warm, and the older ones (~70 MB each for the Debian kernel) go when a new one is saved.
+KEEP_PER_TARGET = 3
+KEEP_PAYLOADS = 8  # 8 MiB files (sparse), one per build of the driver and cma_test
+# Never one used in the last ten minutes: another run may be about to restore it.
+IN_USE_S = 600.0
+
+
+def mark_used(snap: Snapshot) -> None:
+    """A restore counts as a use: pruning keeps the most recently used."""
+    for path in (snap.dir / META, snap.payload):
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
+def stale(entries: dict[str, float], keep: int, now: float, in_use: float = IN_USE_S) -> list[str]:
+    """Of {name: last use}, those beyond the `keep` most recent and unused for `in_use` seconds."""
+    newest = sorted(entries, key=lambda n: (-entries[n], n))
+    return sorted(n for n in newest[keep:] if now - entries[n] > in_use)
+
+
+def prune(snap: Snapshot, now: float | None = None) -> list[Path]:
+    """After saving `snap`: remove its target's stale snapshots and stale payloads; returns what
+    went. An entry another process holds (saving, or pruning too) is left for next time."""
+    now = time.time() if now is None else now
+    root = snap.dir.parent
+    target = snap.dir.name[: -len(snap.key) - 1]
+    mine: dict[str, float] = {}
+    for d in root.glob(f"{target}-*"):
+        if d.is_dir() and d.name[len(target) + 1 :].isalnum() and len(d.name) == len(snap.dir.name):
+            with contextlib.suppress(OSError):
+                mine[d.name] = max(d.stat().st_mtime, (d / META).stat().st_mtime if (d / META).exists() else 0.0)
+    payloads = {}
+    for f in (root / "payloads").glob("*.cpio"):
+        with contextlib.suppress(OSError):
+            payloads[f.name] = f.stat().st_mtime
+    gone = [root / n for n in stale(mine, KEEP_PER_TARGET, now) if n != snap.dir.name]
+    gone += [root / "payloads" / n for n in stale(payloads, KEEP_PAYLOADS, now) if n != snap.payload.name]
+    removed = []
+    for path in gone:
+        if try_remove(path):
+            removed.append(path)
+    return removed
+
+
+def try_remove(entry: Path) -> bool:
+    """Remove a cache entry under its lock, unless another process holds the lock."""
+    import fcntl
+
+    lock = entry.with_name(entry.name + ".lock")
+    try:
+        f = lock.open("w")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        with contextlib.suppress(OSError):
+            lock.unlink()  # held: a process that opens it afterwards makes a new one
+    return not entry.exists()
+
+
 def discard(snap: Snapshot) -> None:
     """Remove a snapshot that would not restore (it is made again on the next run)."""
     shutil.rmtree(snap.dir, ignore_errors=True)

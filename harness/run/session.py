@@ -334,6 +334,7 @@ def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> 
                     snapshot.save(snap, sockets / "qmp", guest.boot_transcript, opts.target.timeouts.boot), 3
                 )
                 info["saved"] = True
+                info["pruned"] = [p.name for p in snapshot.prune(snap)]
             except GuestError as exc:
                 info["note"] = f"the snapshot could not be saved: {exc.message}"
         assert guest.serial is not None
@@ -342,6 +343,8 @@ def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> 
         if wrong:
             raise GuestError(f"delivering the driver and cma_test: {wrong}", detail=out.stderr)
         guest.announce_ready()
+        if restoring:
+            snapshot.mark_used(snap)
         return guest, info
     except GuestError as exc:
         guest.stop()
