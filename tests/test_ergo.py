@@ -7,6 +7,7 @@ import argparse
 import copy
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -361,3 +362,20 @@ def test_progress_without_a_terminal_is_one_line_per_step():
         "rmmod: busy",
         "[    0.8] dump_mem:Size:1",
     ]
+
+
+def test_the_pool_runs_every_job_at_most_width_at_a_time(tmp_path):
+    from harness.run.parallel import Pool
+
+    jobs = [Job(f"t/{k}", "t", [], tmp_path / str(k)) for k in range(1, 4)]
+    script = "import os, sys, time; open(sys.argv[1], 'w').close(); time.sleep(0.2); sys.exit(int(sys.argv[2]))"
+    argv = lambda job: [sys.executable, "-c", script, str(job.out / "ran"), job.key[-1]]  # noqa: E731
+    seen: list[int] = []
+    Pool(
+        jobs,
+        2,
+        argv,
+        on_change=lambda job: seen.append(sum(j.proc is not None and j.exit_status is None for j in jobs)),
+    ).run()
+    assert [j.exit_status for j in jobs] == [1, 2, 3] and all((j.out / "ran").exists() for j in jobs)
+    assert max(seen) <= 2 and all(j.result is None and j.ended >= j.started for j in jobs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -155,7 +156,7 @@ class Pool:
             while waiting or self.running:
                 while waiting and len(self.running) < self.width:
                     self._start(waiting.pop(0))
-                time.sleep(0.1)
+                self._wait_any()
                 for job in list(self.running):
                     assert job.proc is not None
                     if job.proc.poll() is not None:
@@ -164,6 +165,21 @@ class Pool:
             for job in self.running:
                 self._kill(job)
         return self.jobs
+
+    def _wait_any(self) -> None:
+        """Until a running job exits (its pidfd turns readable): the next starts, or the run ends, at
+        once. SIGINT/SIGTERM still interrupt the wait (Python retries select only for other signals)."""
+        fds = []
+        try:
+            for job in self.running:
+                assert job.proc is not None
+                with contextlib.suppress(OSError):  # already reaped or gone: poll() below sees it
+                    fds.append(os.pidfd_open(job.proc.pid))
+            if len(fds) == len(self.running):
+                select.select(fds, [], [], 60.0)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _start(self, job: Job) -> None:
         job.out.mkdir(parents=True, exist_ok=True)
