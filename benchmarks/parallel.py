@@ -3,9 +3,16 @@
     .venv/bin/python benchmarks/parallel.py --target arm64-fast --rounds 3
 
 Each round runs the suite once with -j 1 (one guest, every scenario) and once with -j 2 (the
-scenarios split across two guests), alternating which goes first so load drifts hit both alike.
+scenarios shared by two guests), alternating which goes first so load drifts hit both alike.
 Wall time is the whole command (process start, prepare, guests, merge). Prints per-run times,
-the medians, the throughput ratio median(-j 1) / median(-j 2), the host's CPUs and load average.
+the medians, the throughput ratio median(-j 1) / median(-j 2), the median of the rounds' own
+ratios, the host's CPUs and load average.
+
+The host's own ceiling, in the same rounds (--ceiling, default on): the same kernel and QEMU
+command line running a fixed guest-only workload (a busybox shell loop and md5sum over
+/dev/zero, no harness, no serial traffic), once alone and then twice at once. Two TCG guests
+on two cores rarely run at 2x one: they share caches and memory bandwidth, and this host's
+CPUs are shared with other machines. 2 x alone / together is what any -j 2 can reach here.
 """
 
 from __future__ import annotations
@@ -37,23 +44,84 @@ def one(target: str, jobs: int, out: Path) -> tuple[float, str]:
     return wall, verdict + (f" ({', '.join(failing)}; {out})" if failing else "")
 
 
+# The ceiling's guest: CPU and memory work inside the guest only, then power off.
+CEILING_INIT = """#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+i=0
+while [ $i -lt @LOOPS@ ]; do i=$((i + 1)); done
+/bin/busybox dd if=/dev/zero bs=64k count=@BLOCKS@ 2>/dev/null | /bin/busybox md5sum
+echo "@@ready"
+/bin/busybox poweroff -f
+"""
+
+
+def ceiling_argv(target_name: str, tmp: Path, loops: int, blocks: int) -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from harness import paths
+    from harness.artifacts import initramfs
+    from harness.artifacts.debian import DebianProvider, ImageCache
+    from harness.artifacts.kernels.registry import kernel_provider
+    from harness.config.targets import resolve_target
+    from harness.guest.qemu import BootFiles, qemu_command
+
+    target = resolve_target(target_name)
+    cache = ImageCache(paths.cache_dir())
+    kernel = kernel_provider(target, cache).kernel(target)
+    busybox = DebianProvider(cache).busybox(target).busybox
+    files = initramfs.GuestFiles(busybox=busybox, cma_test=None, kmod=None)
+    init = CEILING_INIT.replace("@LOOPS@", str(loops)).replace("@BLOCKS@", str(blocks))
+    initrd = initramfs.cached_initramfs(tmp, files, init, "ceiling")
+    return qemu_command(target, BootFiles(kernel.image, initrd, kernel.dtb))
+
+
+def guests(argv: list[str], n: int) -> float:
+    """Seconds until n copies of the guest, started together, have all powered off."""
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(n)
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if b"@@ready" not in out:
+            raise SystemExit(f"the ceiling guest did not finish: {out[-2000:].decode(errors='replace')}")
+    return time.monotonic() - started
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="arm64-fast")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keep", help="keep the run directories here (default: a temporary folder)")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the host-ceiling guests")
+    ap.add_argument("--loops", type=int, default=200000, help="the ceiling guest's shell loop count")
+    ap.add_argument("--blocks", type=int, default=4000, help="the ceiling guest's 64 KiB blocks through md5sum")
     args = ap.parse_args()
     times: dict[int, list[float]] = {1: [], 2: []}
+    alone: list[float] = []
+    together: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cma-parallel-") as scratch:
         tmp = args.keep or scratch
-        one(args.target, 1, Path(tmp) / "warm")  # warm cache and the durations the split uses
+        one(args.target, 1, Path(tmp) / "warm")  # warm cache and the durations the queue order uses
+        argv = ceiling_argv(args.target, Path(tmp), args.loops, args.blocks) if args.ceiling else []
         for r in range(args.rounds):
             for jobs in (1, 2) if r % 2 == 0 else (2, 1):
                 wall, verdict = one(args.target, jobs, Path(tmp) / f"r{r}-j{jobs}")
                 times[jobs].append(wall)
                 print(f"round {r + 1} -j {jobs}: {wall:6.2f} s  {verdict}  (load {os.getloadavg()[0]:.2f})", flush=True)
+            if args.ceiling:
+                alone.append(guests(argv, 1))
+                together.append(guests(argv, 2))
+                print(f"round {r + 1} ceiling: one guest {alone[-1]:.2f} s, two at once {together[-1]:.2f} s: "
+                      f"{2 * alone[-1] / together[-1]:.2f}x", flush=True)  # fmt: skip
     m1, m2 = statistics.median(times[1]), statistics.median(times[2])
+    rounds = statistics.median(a / b for a, b in zip(times[1], times[2], strict=True))
     print(f"median -j 1: {m1:.2f} s   median -j 2: {m2:.2f} s   throughput -j 2 / -j 1: {m1 / m2:.2f}x")
+    print(f"median of the rounds' own ratios: {rounds:.2f}x")
+    if alone:
+        ceiling = statistics.median(2 * a / t for a, t in zip(alone, together, strict=True))
+        print(f"host ceiling (two guests at once vs one, median of rounds): {ceiling:.2f}x; "
+              f"-j 2 reaches {m1 / m2 / ceiling:.0%} of it")  # fmt: skip
     print(f"host: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
