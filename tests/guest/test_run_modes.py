@@ -60,7 +60,11 @@ def test_parallel_jobs_merge_into_one_result_and_repeat_summarises(tmp_path):
     }
     merged = json.loads((tmp_path / "iter-01" / "result.json").read_text())
     assert [s["name"] for s in merged["scenarios"]] == ["lifecycle", "smoke"]
-    assert sorted(j["scenarios"][0] for j in merged["config"]["jobs"]) == ["lifecycle", "smoke"]
+    # The two jobs shared one queue: each scenario ran in exactly one of them.
+    jobs = merged["config"]["jobs"]
+    assert len(jobs) == 2 and sorted(name for j in jobs for name in j["scenarios"]) == ["lifecycle", "smoke"]
+    claims = tmp_path / "iter-01" / "jobs" / "claims"
+    assert sorted(p.name for p in claims.iterdir()) == ["lifecycle", "smoke"]
     for job in merged["config"]["jobs"]:
         assert json.loads((tmp_path / "iter-01" / "jobs" / job["job"].split("/")[1] / "result.json").read_text())
     assert "flake summary over 2 iterations" in proc.stderr
