@@ -52,3 +52,31 @@ def test_nothing_arrives_times_out_with_the_tail() -> None:
         assert time.monotonic() - started < 0.1
     finally:
         console.child.terminate(force=True)
+
+
+def test_a_closed_console_is_followed_by_the_exit_it_announces() -> None:
+    # A QEMU killed from outside closes its pty a moment before it can be reaped: right after
+    # the console's EOF it may still look alive. wait_exit bridges that gap (on a pidfd), and
+    # still says "alive" for a process that keeps running with its console closed.
+    import time
+
+    from harness.guest.qemu import QemuProcess
+
+    closing = QemuProcess(["sh", "-c", "exec 0<&- 1>&- 2>&-; sleep 0.3"]).start()
+    console = Console(closing.child, io.BytesIO())
+    with pytest.raises(ConsoleClosed):
+        console.next_line(time.monotonic() + 10, "x")
+    assert closing.alive(), "the test needs the gap: EOF while the process still runs"
+    began = time.monotonic()
+    assert closing.wait_exit(10.0)
+    assert time.monotonic() - began < 5
+    closing.stop()
+    assert closing.exit_status == 0
+
+    lingering = QemuProcess(["sh", "-c", "exec 0<&- 1>&- 2>&-; sleep 30"]).start()
+    try:
+        assert not lingering.wait_exit(0.0)
+        assert not lingering.wait_exit(0.2)
+    finally:
+        lingering.stop()
+    assert lingering.stopped_by_us

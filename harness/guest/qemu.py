@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import time
 import weakref
@@ -150,13 +151,23 @@ class QemuProcess:
         return self.child is not None and self.child.isalive()
 
     def wait_exit(self, timeout: float) -> bool:
-        """Wait up to timeout for QEMU to exit by itself (guest poweroff). True if it did."""
-        deadline = time.monotonic() + timeout
-        while self.alive():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        """Wait up to timeout for QEMU to exit by itself (guest poweroff, or killed from outside
+        and not reaped yet: its console closes before it becomes a zombie). True if it did.
+        Waits on a pidfd, so it returns the moment QEMU exits."""
+        child = self.child
+        if child is None or not child.isalive():
+            return True
+        if timeout <= 0:
+            return False
+        try:
+            fd = os.pidfd_open(child.pid)
+        except OSError:
+            return not child.isalive()  # already reaped
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        return not child.isalive()
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop and reap QEMU: SIGTERM, then SIGKILL after `grace` seconds. Idempotent."""

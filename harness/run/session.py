@@ -24,6 +24,7 @@ from harness.config.overrides import Overrides
 from harness.config.targets import Target
 from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
 from harness.guest import guestinit
+from harness.guest.console import ConsoleTimeout
 from harness.guest.guestinit import BASE_READY_MARKER
 from harness.guest.qemu import BootFiles
 from harness.run import observe, resolve
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from harness.guest.snapshot import Snapshot
     from harness.run.parallel import ClaimBoard
     from harness.scenario.runner import ScenarioResult, ScenarioRunner
+
+# How long a QEMU whose console closed may take to be reaped before we call it alive (a
+# SIGKILL closes its fds a moment before it becomes a zombie).
+QEMU_EXIT_GRACE = 5.0
 
 STAGES = ["setup", "images", "build kmod", "build userland", "initramfs", "boot", "scenario", "report"]
 
@@ -463,7 +468,10 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     if runner.aborted is not None:
                         # The guest hung or died: keep its story, boot a fresh one for what is left.
                         record.console_tail = runner.aborted.detail or guest.tail()
-                        died = not guest.qemu.alive()
+                        # A console that closed means QEMU is exiting, maybe not reaped yet:
+                        # give it a moment, so a kill from outside is not mistaken for a hang.
+                        hung = isinstance(runner.aborted, ConsoleTimeout)
+                        died = guest.qemu.wait_exit(0.0 if hung else QEMU_EXIT_GRACE)
                         guest.stop()
                         opts.observer.guest_stopped()
                         all_events += [e.as_dict() for e in guest.events()]
