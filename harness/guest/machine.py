@@ -291,7 +291,8 @@ class Guest:
         with contextlib.suppress(ConsoleClosed, GuestError):
             while self.qemu.alive() and time.monotonic() < deadline:
                 self.console.read_lines(0.05)
-        return not self.qemu.alive()
+        # The console closes a moment before QEMU can be reaped.
+        return self.qemu.wait_exit(max(0.0, deadline - time.monotonic()))
 
     def _close_ssh(self) -> None:
         if self.ssh is not None:  # only then is the SSH client imported
