@@ -140,7 +140,7 @@ def main() -> None:
     for name in args.target or ["arm64-virt"]:
         variants = []
         if args.before:
-            variants.append(Variant("before", [], args.before.resolve(), env))
+            variants.append(Variant("before", ["--snapshot", "off"], args.before.resolve(), env))
         variants.append(Variant("run", ["--snapshot", "off"], None, env))
         if args.restored:
             variants.append(Variant("restored", ["--snapshot", "auto"], None, env))

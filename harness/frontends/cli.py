@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 def _console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
 
 
 def cmd_setup(args: argparse.Namespace) -> int:

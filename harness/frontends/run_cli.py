@@ -184,7 +184,8 @@ def import_reports() -> None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    # emoji=False: ":name:" in a path or scenario name stays text (and the emoji table is not loaded)
+    return Console(stderr=True, highlight=False, emoji=False)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -233,7 +234,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, RunResult]]:
     from harness.frontends.progress import Progress
-    from harness.report.terminal import print_matrix
     from harness.run.session import execute
 
     out = []
@@ -250,6 +250,8 @@ def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path
         if record.interrupted_by:
             break  # cancelled: the other targets are not started
     if len(out) > 1:
+        from harness.report.terminal import print_matrix  # here: not on the way to the first boot
+
         print_matrix([r for _, r in out], root, console)
     return out
 

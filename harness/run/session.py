@@ -442,7 +442,17 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         prepared = prepare_run(opts, stage, record, log)
         boot = prepared.boot
         record.config = {**resolve.effective_config(opts.target, boot, opts.overrides), **record.config}
-        record.provenance = _provenance(opts, boot, record)
+        # Provenance (hashes, git, versions: tens of ms) is host work the boot can hide: done
+        # while QEMU starts, or here after the scenarios when no guest was booted.
+        booting_hook = opts.while_booting
+
+        def while_booting() -> None:
+            if not record.provenance:
+                record.provenance = _provenance(opts, boot, record)
+            if booting_hook is not None:
+                booting_hook()
+
+        opts = dataclasses.replace(opts, while_booting=while_booting)
         with (opts.out / "console.log").open("wb", buffering=0) as console_log:
             try:
                 runners: list[ScenarioRunner] = []  # those that ran on this guest
@@ -486,6 +496,8 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         if opts.claims is not None:
                             opts.claims.close()  # the other jobs stop taking scenarios too
                         break
+                if not record.provenance:
+                    record.provenance = _provenance(opts, boot, record)
                 swept = False
                 if guest is not None and runners:
                     with stage("scenario"):
