@@ -231,10 +231,20 @@ def cancel_on_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command in ("run", "prepare", "setup", "fuzz"):
-        cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["run"]:
+        cancel_on_signals()  # from the start: a signal during the early start below is a cancel too
     try:
+        if raw[:1] == ["run"] and "--cache-dir" not in raw and "--dry-run" not in raw:
+            # Before anything else: start the QEMU the last identical run used, so the guest boots
+            # while the rest of Python starts (adopted only if this run resolves to the same thing).
+            from harness import paths
+            from harness.guest import prespawn
+
+            prespawn.arm(paths.cache_dir(), raw)
+        args = _parser().parse_args(argv)
+        if args.command in ("run", "prepare", "setup", "fuzz"):
+            cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop
         if args.command == "setup":
             return cmd_setup(args)
         if args.command in ("targets", "scenarios"):

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING
 
 from harness.config.targets import Target
 from harness.errors import GuestError
-from harness.guest import guestinit
+from harness.guest import guestinit, prespawn
 from harness.guest.console import Console, ConsoleClosed, ConsoleLine, ConsoleTimeout
 from harness.guest.kernel_log import KernelLog
 from harness.guest.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
@@ -68,6 +68,7 @@ class Guest:
         extra_args: list[str] | None = None,
         replay: list[str] | None = None,
         ready_marker: str = guestinit.READY_MARKER,
+        repeatable: bool | None = None,
     ) -> None:
         """extra_args: more QEMU arguments (a snapshot's -incoming, -fw_cfg, -qmp). replay: the
         console lines of the boot this guest is restored from, handed to the console as if they
@@ -78,6 +79,10 @@ class Guest:
         more = (ssh_netdev_args(ssh.port) if ssh else []) + list(extra_args or [])
         append = [ssh.key.cmdline_arg] if ssh else []
         self.qemu = QemuProcess(qemu_command(target, boot, append, more))
+        # Whether the next identical run may start this command line early (prespawn): not
+        # with a per-run SSH port and key, nor a snapshot's QMP socket (extra_args say).
+        self.repeatable = (ssh is None and not extra_args) if repeatable is None else repeatable
+        self.prespawned = False  # adopted from the CLI's early start
         self.replay = replay
         self.ready_marker = ready_marker  # what /init prints at its ready point (a snapshot base's own)
         self.boot_transcript: list[str] = []  # every console line up to the ready marker
@@ -121,8 +126,14 @@ class Guest:
 
     def spawn(self) -> Guest:
         """Start QEMU and return at once: the guest boots while the caller does other work.
-        Its console output waits in the pty until `wait_ready()` reads it."""
-        self.qemu.start()
+        Its console output waits in the pty until `wait_ready()` reads it. The CLI may have
+        started this very command line already (harness/guest/prespawn.py): then that QEMU is it."""
+        early = prespawn.adopt(self.qemu.argv)
+        if early is not None:
+            self.qemu, self.prespawned = early, True
+        else:
+            self.qemu.start()
+        prespawn.spawned(self.qemu.argv, self.repeatable)
         try:
             if self.on_spawn is not None and self.qemu.pid is not None:
                 self.on_spawn(self.qemu.pid)

@@ -21,9 +21,10 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.config.targets import Target
+if TYPE_CHECKING:
+    from harness.config.targets import Target
 
 PR_SET_PDEATHSIG = 1
 

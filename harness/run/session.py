@@ -23,7 +23,7 @@ from harness.config.guestfiles import FileSpec
 from harness.config.overrides import Overrides
 from harness.config.targets import Target
 from harness.errors import Cancelled, ConfigError, GuestDied, GuestError, HarnessError, InfraError
-from harness.guest import guestinit
+from harness.guest import guestinit, prespawn
 from harness.guest.console import ConsoleTimeout
 from harness.guest.guestinit import BASE_READY_MARKER
 from harness.guest.qemu import BootFiles
@@ -301,6 +301,8 @@ def boot_guest(
             guest = Guest(opts.target, boot, console_log, ssh_setup(opts.out) if opts.transport == "ssh" else None)
             guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
             start_guest(guest, opts)
+    if guest.prespawned:
+        info["prespawned"] = True  # started by the CLI from the last identical run's plan
     record.kernel["boot"] = info
     record.config["qemu_argv"] = list(guest.qemu.argv)
     opts.observer.guest_started(guest)
@@ -328,7 +330,15 @@ def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> 
         extra, replay = snap.restore_args(), snap.transcript()
     else:
         extra, replay = [*snap.disk_args(), "-qmp", f"unix:{sockets / 'qmp'},server=on,wait=off"], None
-    guest = Guest(opts.target, snap.base, console_log, extra_args=extra, replay=replay, ready_marker=BASE_READY_MARKER)
+    guest = Guest(
+        opts.target,
+        snap.base,
+        console_log,
+        extra_args=extra,
+        replay=replay,
+        ready_marker=BASE_READY_MARKER,
+        repeatable=restoring,  # a save's argv holds a fresh QMP socket path
+    )
     guest.on_spawn = lambda pid: _write_pid(opts.out, pid)
     info: dict[str, Any] = {"mode": "restored" if restoring else "cold", "snapshot": snap.key}
     try:
@@ -533,6 +543,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         if isinstance(exc, GuestError) and exc.detail:
             record.console_tail = exc.detail
     finally:
+        prespawn.discard()  # a guess no guest adopted (failed before booting, or booted otherwise)
         record.timings["total"] = round(time.monotonic() - total_started, 4)
         record.write(opts.out / "result.json")
     return record

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,31 @@ def test_parallel_jobs_merge_into_one_result_and_repeat_summarises(tmp_path):
     for job in merged["config"]["jobs"]:
         assert json.loads((tmp_path / "iter-01" / "jobs" / job["job"].split("/")[1] / "result.json").read_text())
     assert "flake summary over 2 iterations" in proc.stderr
+
+
+def test_an_identical_run_adopts_the_early_qemu_and_an_edited_driver_never_does(tmp_path):
+    # The CLI starts the last identical run's QEMU command line before planning
+    # (harness/guest/prespawn.py). The next identical run must adopt it; after a driver edit the
+    # initramfs is another content-keyed file, so the guess is stopped and this build's driver boots.
+    kmod = tmp_path / "kmod"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "kmod", kmod)
+    args = ("-k", "smoke", "--kmod", str(kmod), "--snapshot", "off", "--json", "--out", str(tmp_path / "out"))
+
+    def once() -> dict:
+        proc = run(*args)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    first, second = once(), once()
+    assert "prespawned" not in first["kernel"]["boot"]
+    assert second["kernel"]["boot"].get("prespawned") is True
+    assert second["verdict"] == "pass" and second["config"]["qemu_argv"] == first["config"]["qemu_argv"]
+
+    source = kmod / "cma_mem.c"
+    source.write_text(source.read_text() + 'MODULE_INFO(cmah_edit, "prespawn test");\n')
+    third = once()
+    assert "prespawned" not in third["kernel"]["boot"]
+    assert third["verdict"] == "pass"
+    module = "/lib/modules/cma_mem.ko"
+    assert third["provenance"]["initramfs_files"][module] != second["provenance"]["initramfs_files"][module]
+    assert third["config"]["qemu_argv"] != second["config"]["qemu_argv"]

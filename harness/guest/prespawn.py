@@ -1,0 +1,142 @@
+"""Start QEMU before the harness knows it needs it: the boot runs while Python imports and plans.
+
+A warm `cma-harness run` spends ~0.1 s in Python start-up, imports, parsing and cache checks
+before it can compute QEMU's command line: on a kernel that boots in 0.3 s, a third of the
+harness's fixed cost. The same invocation (same arguments, directory and cache) almost always
+resolves to the same command line as last time, so the CLI starts that command line at once,
+from a plan remembered by the last run, and the session adopts the running QEMU only if the
+command line it resolves is identical, argument for argument, and every file it names (kernel,
+initramfs, device tree, snapshot) has the size and mtime it had when the plan was made. Anything
+else (an edited driver: a new content-keyed initramfs; another target; a pruned snapshot) stops
+the guess and boots as usual; a wrong guess costs a fraction of a second of CPU, never a result.
+
+Only `run` arms this, and only for guests whose command line can repeat (serial, not a
+snapshot being saved). The speculative QEMU is an ordinary `QemuProcess`: PR_SET_PDEATHSIG,
+the atexit hook and the SIGTERM handler stop it like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.guest.qemu import QemuProcess
+
+PLAN_VERSION = 1
+# What shapes the resolution besides the arguments: where the cache and the configs are found.
+KEY_ENV = ("CMA_HARNESS_CACHE", "XDG_CACHE_HOME", "HOME", "PATH")
+KEEP_PLANS = 64
+
+
+@dataclass
+class Armed:
+    plans: Path  # the cache's plans/ folder
+    key: str
+    guess: QemuProcess | None = None
+    files: dict[str, list[int]] | None = None  # the guess's files as stat'ed before it started
+    first_done: bool = False  # one guess and one plan per process: its first guest's
+
+
+_armed: Armed | None = None
+
+
+def plan_key(args: list[str], cwd: str, env: dict[str, str]) -> str:
+    blob = json.dumps([PLAN_VERSION, args, cwd, [env.get(k, "") for k in KEY_ENV]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def named_files(argv: list[str]) -> list[str]:
+    """The files a QEMU command line reads: absolute paths as arguments or inside `exec:` ones."""
+    out = []
+    for token in argv[1:]:
+        words = token[len("exec:") :].split() if token.startswith("exec:") else [token]
+        out += [w for w in words if w.startswith("/") and os.path.isfile(w)]
+    return out
+
+
+def file_stats(paths: list[str]) -> dict[str, list[int]] | None:
+    """size and mtime of each file; None if one is gone."""
+    try:
+        return {p: [(st := os.stat(p)).st_size, st.st_mtime_ns] for p in paths}
+    except OSError:
+        return None
+
+
+def arm(cache: Path, args: list[str]) -> None:
+    """Called first thing by `cma-harness run`: start the remembered command line, if any."""
+    global _armed
+    _armed = Armed(cache / "plans", plan_key(args, os.getcwd(), dict(os.environ)))
+    try:
+        plan = json.loads((_armed.plans / f"{_armed.key}.json").read_text())
+        argv, files = list(plan["argv"]), dict(plan["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no plan yet (or an unreadable one): boot as usual
+    if file_stats(list(files)) != files:
+        return  # a file changed since the plan was made: the resolution will differ
+    _armed.files = files
+    try:
+        _armed.guess = QemuProcess(argv).start()
+    except Exception:
+        _armed.guess = None
+
+
+def adopt(argv: list[str]) -> QemuProcess | None:
+    """For the process's first guest: the speculative QEMU if it runs exactly `argv` on
+    unchanged files. A guess that does not match is stopped."""
+    armed = _armed
+    if armed is None or armed.first_done or armed.guess is None:
+        return None
+    guess, armed.guess = armed.guess, None
+    if guess.argv == argv and guess.alive() and file_stats(list(armed.files or {})) == armed.files:
+        return guess
+    guess.stop(grace=0.5)
+    return None
+
+
+def spawned(argv: list[str], repeatable: bool) -> None:
+    """After the process's first guest started: its command line becomes the plan the next run
+    starts early, if it can repeat (no per-run port, key or socket in it)."""
+    armed = _armed
+    if armed is None or armed.first_done:
+        return
+    armed.first_done = True
+    discard()
+    files = file_stats(named_files(argv))
+    if not repeatable or files is None:
+        return
+    data: dict[str, Any] = {"version": PLAN_VERSION, "argv": argv, "files": files}
+    try:
+        armed.plans.mkdir(parents=True, exist_ok=True)
+        tmp = armed.plans / f".{armed.key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(armed.plans / f"{armed.key}.json")  # atomic: a concurrent run reads old or new
+        prune(armed.plans)
+    except OSError:
+        pass  # a read-only cache only loses the head start
+
+
+def prune(plans: Path, keep: int = KEEP_PLANS) -> None:
+    """One plan per distinct invocation (a test suite makes hundreds): keep the newest."""
+    entries = list(plans.glob("*.json"))
+    if len(entries) <= 2 * keep:
+        return
+    entries.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in entries[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def discard() -> None:
+    """Stop a guess nobody adopted (the run failed before booting, or booted another way)."""
+    armed = _armed
+    if armed is not None and armed.guess is not None:
+        armed.guess.stop(grace=0.5)
+        armed.guess = None
+
+
+def pending() -> QemuProcess | None:
+    """The guess started and not yet adopted or stopped (for tests and diagnostics)."""
+    return None if _armed is None else _armed.guess

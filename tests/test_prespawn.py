@@ -1,0 +1,102 @@
+"""The early start: a plan is the last identical run's QEMU command line, adopted only when
+this run resolves to the same argv on unchanged files; any other guess is stopped."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.guest import prespawn
+
+
+@pytest.fixture()
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "Image"
+    path.write_bytes(b"kernel")
+    return path
+
+
+def fake_qemu(image: Path, seconds: str = "30") -> list[str]:
+    # Stands in for QEMU: a long-lived process whose argv names a file, as -kernel does.
+    return ["sh", "-c", f"exec sleep {seconds}", "-kernel", str(image)]
+
+
+def test_the_key_is_the_invocation() -> None:
+    env = {"HOME": "/root", "PATH": "/bin", "TERM": "xterm"}
+    key = prespawn.plan_key(["run", "--target", "arm64-fast"], "/w", env)
+    assert key == prespawn.plan_key(["run", "--target", "arm64-fast"], "/w", env | {"TERM": "dumb"})
+    assert key != prespawn.plan_key(["run", "--target", "arm64-virt"], "/w", env)
+    assert key != prespawn.plan_key(["run", "--target", "arm64-fast"], "/elsewhere", env)
+    assert key != prespawn.plan_key(["run", "--target", "arm64-fast"], "/w", env | {"CMA_HARNESS_CACHE": "/c"})
+
+
+def test_named_files_are_the_absolute_paths_qemu_reads(image: Path) -> None:
+    argv = ["qemu", "-kernel", str(image), "-incoming", f"exec:cat {image}", "-append", "console=ttyAMA0 /x"]
+    assert prespawn.named_files(argv) == [str(image), str(image)]
+
+
+def test_a_plan_is_made_by_a_spawn_and_started_by_the_next_identical_run(tmp_path: Path, image: Path) -> None:
+    argv = fake_qemu(image)
+    prespawn.arm(tmp_path, ["run", "x"])
+    assert prespawn.adopt(argv) is None  # no plan yet
+    prespawn.spawned(argv, repeatable=True)
+    assert len(list((tmp_path / "plans").glob("*.json"))) == 1
+
+    prespawn.arm(tmp_path, ["run", "x"])
+    early = prespawn.adopt(argv)
+    try:
+        assert early is not None and early.alive() and early.argv == argv
+    finally:
+        assert early is not None
+        early.stop()
+
+
+def test_a_guess_that_does_not_match_is_stopped(tmp_path: Path, image: Path) -> None:
+    argv = fake_qemu(image)
+    prespawn.arm(tmp_path, ["run", "y"])
+    prespawn.spawned(argv, repeatable=True)
+
+    prespawn.arm(tmp_path, ["run", "y"])
+    guess = prespawn.pending()
+    assert guess is not None and guess.alive()
+    assert prespawn.adopt(fake_qemu(image, "31")) is None  # this run resolved to something else
+    assert not guess.alive() and guess.stopped_by_us
+
+    # A file the plan names changed since: no guess at all.
+    prespawn.arm(tmp_path, ["run", "y"])
+    prespawn.spawned(argv, repeatable=True)
+    time.sleep(0.01)
+    image.write_bytes(b"another kernel")
+    os.utime(image)
+    prespawn.arm(tmp_path, ["run", "y"])
+    assert prespawn.pending() is None
+
+
+def test_only_the_first_guest_and_only_a_repeatable_one_makes_a_plan(tmp_path: Path, image: Path) -> None:
+    prespawn.arm(tmp_path, ["run", "z"])
+    prespawn.spawned(fake_qemu(image), repeatable=False)  # an SSH guest: its port changes every run
+    prespawn.spawned(fake_qemu(image), repeatable=True)  # a second guest of the same process
+    assert not (tmp_path / "plans").exists()
+
+
+def test_an_unadopted_guess_is_discarded(tmp_path: Path, image: Path) -> None:
+    prespawn.arm(tmp_path, ["run", "w"])
+    prespawn.spawned(fake_qemu(image), repeatable=True)
+    prespawn.arm(tmp_path, ["run", "w"])
+    guess = prespawn.pending()
+    assert guess is not None
+    prespawn.discard()  # the run failed before booting
+    assert not guess.alive()
+
+
+def test_plans_are_pruned_to_the_newest(tmp_path: Path) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    for i in range(10):
+        (plans / f"{i}.json").write_text("{}")
+        os.utime(plans / f"{i}.json", ns=(i * 10**9, i * 10**9))
+    prespawn.prune(plans, keep=3)
+    assert sorted(p.name for p in plans.iterdir()) == ["7.json", "8.json", "9.json"]
