@@ -7,13 +7,16 @@ run:      `cma-harness run --snapshot off` (the CLI process, Python start-up inc
           warm cache, booting cold.
 restored: the same run with `--snapshot auto`, the guest restored from its snapshot
           (made by the warm-up run), with --restored.
+late:     the same cold run with CMA_HARNESS_PRESPAWN=off: QEMU started only once the run is
+          planned, not from the last identical run's plan at process start (--no-late skips it).
 before:   with --before DIR, the same cold run from another source tree (e.g. `git archive main`
           unpacked there), so before and after are measured in the same run.
 Runs alternate (bare, run, [restored], [before], bare, ...) so machine noise hits all alike;
-medians are reported.
+medians are reported. Each variant reuses one run directory, so its command line is the same
+every time, as a user repeating a run types it.
 
     python benchmarks/cycle.py [--runs 7] [--target arm64-virt ...] [--scenario benchmarks/one-command.yaml]
-                               [--restored] [--before DIR]
+                               [--restored] [--before DIR] [--no-late]
 
 `--scenario benchmarks/one-command.yaml` is the fixed-cost yardstick: one shell command, so
 run minus bare is what the harness itself adds. Each run's time is split into phases: start-up
@@ -112,13 +115,15 @@ def measure(name: str, scenario: str, runs: int, variants: list[Variant]) -> lis
         files = initramfs.GuestFiles(busybox=busybox.busybox, cma_test=dummy, kmod=dummy)
         initrd = initramfs.cached_initramfs(Path(tmp), files, guestinit.BARE_INIT, guestinit.FORMAT_VERSION)
         argv = qemu_command(target, BootFiles(kernel.image, initrd, kernel.dtb))
-        for v in variants:  # fill the caches (and make the snapshot)
-            v.run(name, scenario, Path(tmp) / f"warmup-{v.label}", record=False)
+        # One run directory per variant, reused: the same command line every time, as a user
+        # repeating a run types it (and as the early start's plan is keyed).
+        for v in variants:  # fill the caches (and make the snapshot and the early-start plan)
+            v.run(name, scenario, Path(tmp) / v.label, record=False)
         bare = []
-        for i in range(runs):
+        for _ in range(runs):
             bare.append(bare_boot(argv))
             for v in variants:
-                v.run(name, scenario, Path(tmp) / f"{v.label}{i}")
+                v.run(name, scenario, Path(tmp) / v.label)
     return bare
 
 
@@ -130,6 +135,9 @@ def main() -> None:
     parser.add_argument("--restored", action="store_true", help="also time runs restored from a snapshot")
     parser.add_argument("--before", type=Path, help="a source tree to time too, cold (the 'before' of a change)")
     parser.add_argument("--keep-env", action="store_true", help="keep PYTHONDONTWRITEBYTECODE if set")
+    parser.add_argument(
+        "--no-late", action="store_true", help="skip the cold run with CMA_HARNESS_PRESPAWN=off (QEMU after planning)"
+    )
     args = parser.parse_args()
     env = dict(os.environ)
     if not args.keep_env:
@@ -142,6 +150,9 @@ def main() -> None:
         if args.before:
             variants.append(Variant("before", ["--snapshot", "off"], args.before.resolve(), env))
         variants.append(Variant("run", ["--snapshot", "off"], None, env))
+        if not args.no_late:
+            late = env | {"CMA_HARNESS_PRESPAWN": "off"}
+            variants.append(Variant("run, QEMU started late", ["--snapshot", "off"], None, late))
         if args.restored:
             variants.append(Variant("restored", ["--snapshot", "auto"], None, env))
         bare = measure(name, scenario, args.runs, variants)
@@ -157,6 +168,10 @@ def main() -> None:
         med_run = statistics.median(run.walls)
         added = med_run - med_bare
         print(f"ratio run/bare          {med_run / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
+        if "run, QEMU started late" in by:
+            med_late = statistics.median(by["run, QEMU started late"].walls)
+            print(f"QEMU started late: run/bare {med_late / med_bare:6.2f}x  (harness + whole scenario add "
+                  f"{med_late - med_bare:.2f} s; CMA_HARNESS_PRESPAWN=off)")  # fmt: skip
         if "before" in by:
             med_before = statistics.median(by["before"].walls)
             added = med_before - med_bare

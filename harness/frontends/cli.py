@@ -6,6 +6,7 @@ Exit status: 0 pass, 1 test failure, 2 bad usage or config, 3 infrastructure fai
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,9 @@ from harness.errors import EXIT_USAGE, HarnessError
 
 if TYPE_CHECKING:
     pass
+
+# CMA_HARNESS_PRESPAWN=off: `run` never starts QEMU before planning (harness/guest/prespawn.py).
+PRESPAWN_ENV = "CMA_HARNESS_PRESPAWN"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -235,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if raw[:1] == ["run"]:
         cancel_on_signals()  # from the start: a signal during the early start below is a cancel too
     try:
-        if raw[:1] == ["run"] and "--cache-dir" not in raw and "--dry-run" not in raw:
+        early = os.environ.get(PRESPAWN_ENV, "on") != "off" and "--cache-dir" not in raw and "--dry-run" not in raw
+        if raw[:1] == ["run"] and early:
             # Before anything else: start the QEMU the last identical run used, so the guest boots
             # while the rest of Python starts (adopted only if this run resolves to the same thing).
             from harness import paths
