@@ -31,6 +31,17 @@ def test_the_key_is_the_invocation() -> None:
     assert key != prespawn.plan_key(["run", "--target", "arm64-virt"], "/w", env)
     assert key != prespawn.plan_key(["run", "--target", "arm64-fast"], "/elsewhere", env)
     assert key != prespawn.plan_key(["run", "--target", "arm64-fast"], "/w", env | {"CMA_HARNESS_CACHE": "/c"})
+    # Where the run directory goes never reaches QEMU: a CI job's --out per build shares the plan.
+    assert key == prespawn.plan_key(["run", "--out", "runs/1", "--target", "arm64-fast", "--claim-dir=c"], "/w", env)
+    # -j orders each job's queue by the last durations: the scenarios count as a set.
+    two = ["run", "--scenario", "a.yaml", "--scenario=b.yaml"]
+    assert prespawn.plan_key(two, "/w", env) == prespawn.plan_key(
+        ["run", "--scenario", "b.yaml", "--scenario", "a.yaml"], "/w", env
+    )
+    assert prespawn.plan_key(two, "/w", env) != prespawn.plan_key(["run", "--scenario", "a.yaml"], "/w", env)
+    assert prespawn.cache_override(["run", "--cache-dir", "/c"]) == "/c"
+    assert prespawn.cache_override(["run", "--cache-dir=/d"]) == "/d"
+    assert prespawn.cache_override(["run"]) is None
 
 
 def test_named_files_are_the_absolute_paths_qemu_reads(image: Path) -> None:

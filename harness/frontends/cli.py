@@ -239,14 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     if raw[:1] == ["run"]:
         cancel_on_signals()  # from the start: a signal during the early start below is a cancel too
     try:
-        early = os.environ.get(PRESPAWN_ENV, "on") != "off" and "--cache-dir" not in raw and "--dry-run" not in raw
-        if raw[:1] == ["run"] and early:
+        if raw[:1] == ["run"] and os.environ.get(PRESPAWN_ENV, "on") != "off" and "--dry-run" not in raw:
             # Before anything else: start the QEMU the last identical run used, so the guest boots
             # while the rest of Python starts (adopted only if this run resolves to the same thing).
             from harness import paths
             from harness.guest import prespawn
 
-            prespawn.arm(paths.cache_dir(), raw)
+            prespawn.arm(paths.cache_dir(prespawn.cache_override(raw)), raw)
         args = _parser().parse_args(argv)
         if args.command in ("run", "prepare", "setup", "fuzz"):
             cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop

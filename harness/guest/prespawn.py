@@ -44,9 +44,38 @@ class Armed:
 _armed: Armed | None = None
 
 
+# Options whose values never reach QEMU's command line: runs differing only in them share a plan
+# (a CI job's --out per build, the -j jobs of one target). Safe either way: adoption compares argv.
+UNKEYED = ("--out", "--claim-dir")
+
+
 def plan_key(args: list[str], cwd: str, env: dict[str, str]) -> str:
-    blob = json.dumps([PLAN_VERSION, args, cwd, [env.get(k, "") for k in KEY_ENV]])
+    """The arguments minus UNKEYED options, scenarios as a set (-j orders each job's queue by the
+    last durations), the directory and KEY_ENV."""
+    kept, scenarios, pending = [], [], ""
+    for arg in args:
+        if pending:
+            if pending == "--scenario":
+                scenarios.append(arg)
+            pending = ""
+        elif arg in (*UNKEYED, "--scenario"):
+            pending = arg
+        elif arg.startswith("--scenario="):
+            scenarios.append(arg.split("=", 1)[1])
+        elif not arg.startswith(tuple(f"{o}=" for o in UNKEYED)):
+            kept.append(arg)
+    blob = json.dumps([PLAN_VERSION, kept, sorted(scenarios), cwd, [env.get(k, "") for k in KEY_ENV]])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cache_override(args: list[str]) -> str | None:
+    """The value of --cache-dir among `run`'s arguments, if given."""
+    for i, arg in enumerate(args):
+        if arg == "--cache-dir" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--cache-dir="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def named_files(argv: list[str]) -> list[str]:
