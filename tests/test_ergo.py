@@ -7,6 +7,7 @@ import argparse
 import copy
 import json
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -192,22 +193,26 @@ def test_the_queue_is_longest_first_by_known_durations_else_by_steps():
 
 def test_each_scenario_is_claimed_once_across_processes(tmp_path):
     """Two processes race for 200 claims: every name goes to exactly one of them."""
-    import multiprocessing
-
+    # Two fresh interpreters, not a fork()ed multiprocessing pool: a fork from pytest (which may
+    # hold threads from earlier tests) can deadlock the child on a lock copied mid-use.
     names = [f"s{i}" for i in range(200)]
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(2) as pool:
-        won = pool.starmap(claim_all, [(tmp_path, names)] * 2)
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from harness.run.parallel import ClaimBoard\n"
+        "board = ClaimBoard(Path(sys.argv[1]))\n"
+        "print(json.dumps([n for n in sys.argv[2:] if board.claim(n)]))\n"
+    )
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), *names], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    won = [json.loads(p.communicate(timeout=120)[0]) for p in racers]
     assert sorted(won[0] + won[1]) == sorted(names)
     board = ClaimBoard(tmp_path)
     assert not board.claim("s0") and board.taken("s0") and not board.taken("new")
     board.close()  # -x: a failed job stops the others taking more
     assert not board.claim("new") and board.taken("new")
-
-
-def claim_all(root, names):
-    board = ClaimBoard(root)
-    return [n for n in names if board.claim(n)]
 
 
 def record(target: str, verdicts: dict[str, str]) -> RunResult:
