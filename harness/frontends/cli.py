@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
             prespawn.arm(paths.cache_dir(prespawn.cache_override(raw)), raw)
         args = _parser().parse_args(argv)
-        if args.command in ("run", "prepare", "setup", "fuzz"):
+        if args.command in ("prepare", "setup", "fuzz"):  # `run`: above, before the early start
             cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop
         if args.command == "setup":
             return cmd_setup(args)

@@ -132,17 +132,16 @@ def spawned(argv: list[str], repeatable: bool) -> None:
     armed = _armed
     if armed is None or armed.first_done:
         return
-    armed.first_done = True
-    discard()
+    armed.first_done = True  # adopt() has already taken or stopped the guess
     files = file_stats(named_files(argv))
     if not repeatable or files is None:
         return
+    from harness.artifacts.cachelock import write_atomic  # here: not on the way to the early start
+
     data: dict[str, Any] = {"version": PLAN_VERSION, "argv": argv, "files": files}
     try:
-        armed.plans.mkdir(parents=True, exist_ok=True)
-        tmp = armed.plans / f".{armed.key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(data))
-        tmp.replace(armed.plans / f"{armed.key}.json")  # atomic: a concurrent run reads old or new
+        # Atomic: a concurrent run reads the old plan or the new one.
+        write_atomic(armed.plans / f"{armed.key}.json", json.dumps(data).encode())
         prune(armed.plans)
     except OSError:
         pass  # a read-only cache only loses the head start

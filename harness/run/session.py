@@ -453,12 +453,15 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
         boot = prepared.boot
         record.config = {**resolve.effective_config(opts.target, boot, opts.overrides), **record.config}
         # Provenance (hashes, git, versions: tens of ms) is host work the boot can hide: done
-        # while QEMU starts, or here after the scenarios when no guest was booted.
+        # while QEMU starts, or after the scenarios when no guest was booted.
         booting_hook = opts.while_booting
 
-        def while_booting() -> None:
+        def ensure_provenance() -> None:
             if not record.provenance:
                 record.provenance = _provenance(opts, boot, record)
+
+        def while_booting() -> None:
+            ensure_provenance()
             if booting_hook is not None:
                 booting_hook()
 
@@ -506,8 +509,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         if opts.claims is not None:
                             opts.claims.close()  # the other jobs stop taking scenarios too
                         break
-                if not record.provenance:
-                    record.provenance = _provenance(opts, boot, record)
+                ensure_provenance()
                 swept = False
                 if guest is not None and runners:
                     with stage("scenario"):
