@@ -27,3 +27,42 @@ def test_guest_fixture_runs_commands(guest):
     out = guest.run("cat /proc/meminfo")
     assert out.status == 0 and "CmaTotal:" in out.stdout
     assert guest.reservation is not None and guest.reservation.size_mib == guest.target.cma_mib
+
+
+# Replies of every shape the framing must carry byte for byte: escapes, text that looks like a
+# kernel line or a frame, spaces, tabs, empty lines, a last line without newline, and sizes on
+# both sides of the builtin path's limit (guestinit.FAST_LINES) and of sed's.
+FRAMED = {
+    "escapes": "a\\b [x] \\x5b \\\\ [[\n",
+    "kernel-like": "[    1.234567] cma_mem: not from the kernel\n@@99 X 0 gzip x\n@1o|not a frame\n",
+    "blanks": "  lead\ttab  \n\n\ntrail  \n",
+    "no final newline": "one\ntwo",
+    "only newlines": "\n\n",
+    "at the limit": "".join(f"line {i} [{i}]\n" for i in range(16)),
+    "over the limit": "".join(f"line {i} \\{i}\n" for i in range(17)),
+    "long": "".join(f"{i:04d} " + "x" * 15 + "\n" for i in range(100)),
+}
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_replies_come_back_byte_for_byte(guest, stream):
+    import base64
+
+    for name, text in FRAMED.items():
+        packed = base64.b64encode(text.encode()).decode()
+        out = guest.run(f"echo {packed} | base64 -d" + (" >&2" if stream == "stderr" else ""))
+        got = out.stdout if stream == "stdout" else out.stderr
+        other = out.stderr if stream == "stdout" else out.stdout
+        assert (out.status, got, other) == (0, text, ""), name
+
+
+def test_binary_output_needs_a_bulky_command(guest):
+    # A NUL byte does not come back through the framed lines: a plain command's reply fails its md5
+    # sum every time and is reported as corrupted, never returned changed. Bulky replies are
+    # gzip+base64 and carry any byte.
+    from harness.errors import GuestError
+
+    command = "printf 'before\\000after\\n'"
+    assert guest.run(command, bulky=True).stdout == "before\0after\n"
+    with pytest.raises(GuestError, match="stayed corrupted"):
+        guest.run(command)
