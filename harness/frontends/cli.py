@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     if raw[:1] == ["run"]:
         cancel_on_signals()  # from the start: a signal during the early start below is a cancel too
+        from harness.run.sched import apply_job_sched
+
+        apply_job_sched()  # a -j job: before it starts its QEMU, which inherits the policy
     try:
         if raw[:1] == ["run"] and os.environ.get(PRESPAWN_ENV, "on") != "off" and "--dry-run" not in raw:
             # Before anything else: start the QEMU the last identical run used, so the guest boots

@@ -31,6 +31,7 @@ from typing import Any
 
 from harness.artifacts.cachelock import write_atomic
 from harness.errors import EXIT_INFRA
+from harness.run import sched
 from harness.run.result import ResultError, RunResult, Verdict
 from harness.scenario.model import Scenario, Step
 
@@ -185,6 +186,7 @@ class Pool:
         job.out.mkdir(parents=True, exist_ok=True)
         log = job.log.open("wb")
         env = dict(os.environ, COLUMNS="160", NO_COLOR="1", TERM="dumb")
+        env.update(sched.job_env(self.width))
         job.proc = subprocess.Popen(
             self.argv(job), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
