@@ -31,15 +31,19 @@ def test_guest_fixture_runs_commands(guest):
 
 # Replies of every shape the framing must carry byte for byte: escapes, text that looks like a
 # kernel line or a frame, spaces, tabs, empty lines, a last line without newline, and sizes on
-# both sides of the builtin path's limit (guestinit.FAST_LINES) and of sed's.
+# both sides of the builtin path's limit (guestinit.FAST_BYTES: 256).
 FRAMED = {
     "escapes": "a\\b [x] \\x5b \\\\ [[\n",
     "kernel-like": "[    1.234567] cma_mem: not from the kernel\n@@99 X 0 gzip x\n@1o|not a frame\n",
     "blanks": "  lead\ttab  \n\n\ntrail  \n",
     "no final newline": "one\ntwo",
     "only newlines": "\n\n",
-    "at the limit": "".join(f"line {i} [{i}]\n" for i in range(16)),
-    "over the limit": "".join(f"line {i} \\{i}\n" for i in range(17)),
+    "under the limit": "".join(f"line {i:02d} [\\]\n" for i in range(20)),
+    "255 bytes": "[" + "a" * 253 + "\n",
+    "256 bytes": "\\" + "b" * 254 + "\n",
+    "257 bytes": "c" * 256 + "\n",
+    "many lines": "".join(f"line {i:02d} \\{i}\n" for i in range(40)),
+    "one long line": "y" * 300 + "\n",
     "long": "".join(f"{i:04d} " + "x" * 15 + "\n" for i in range(100)),
 }
 
