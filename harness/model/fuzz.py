@@ -25,6 +25,7 @@ from harness.model.driver import DriverModel, Params
 from harness.model.gen import Generator
 from harness.model.ops import BATCH_CHARS, Batch, Op, batches, count_steps
 from harness.model.shrink import replan, shrink, to_scenario_yaml
+from harness.oracles.checks import CAPACITY_CHUNKS
 from harness.oracles.cmatest import parse_records
 from harness.oracles.dmesg import CmaReservation
 
@@ -190,7 +191,8 @@ class ExecutorFactory(Protocol):
 
 # ---- the guest ---------------------------------------------------------------------------------
 
-PROBE_CHUNKS = "16M,1M,64K,8K"
+# The capacity step's chunk sizes (harness/oracles/checks.py).
+PROBE_CHUNKS = ",".join(str(chunk) for chunk in CAPACITY_CHUNKS)
 # Characters of cma_test words per guest command. Over the serial console they travel
 # gzip+base64 (~3.5 times smaller) in one line of at most 3800; GuestExecutor.run shrinks a
 # command that would not fit.
