@@ -128,7 +128,7 @@ def test_the_log_parser_reads_console_typed_lines_and_results():
     assert len(log.cases("smoke")) == 20 and set(log.cases("smoke").values()) == {"pass"}
     assert log.sent[0].text.startswith("__lx() ")
     # '"' comes back from the dispatcher's '\"'; framed lines are as the guest printed them.
-    assert any(line.text.startswith("@1o|@modsec ") for line in log.console)
+    assert any(line.text.startswith("@1o|/sys/module/cma_mem/sections/") for line in log.console)
 
 
 def test_a_clean_farm_run_imports_as_a_pass_equal_to_the_local_run(tmp_path):

@@ -12,6 +12,7 @@ from harness.oracles.faults import kmemleak_events
 from harness.oracles.symbolize import Symbol, locate, module_functions, parse_section_bases, symbolize
 
 FIXTURE = Path(__file__).parent / "fixtures" / "kmemleak-after-rmmod"
+GREP_H = Path(__file__).parent / "fixtures" / "section-bases" / "arm64-virt-insmod-stdout.txt"
 
 
 def test_function_symbols_come_from_the_ko():
@@ -24,6 +25,27 @@ def test_function_symbols_come_from_the_ko():
 def test_section_bases_from_the_guest():
     bases = parse_section_bases((FIXTURE / "insmod-stdout.txt").read_text())
     assert bases[".text"] == 0xFFFFFFC000550000 and ".init.text" in bases
+
+
+def test_section_bases_from_one_grep():
+    # What `grep -H . /sys/module/cma_mem/sections/.*text*` printed in an arm64-virt guest.
+    bases = parse_section_bases(GREP_H.read_text())
+    assert set(bases) == {".exit.text", ".init.text", ".text", ".text.ftrace_trampoline"}
+    assert bases[".text"] == 0xFFFFD0E943A6E000
+
+
+def test_a_truncated_or_foreign_section_line_gives_no_base():
+    # A read that got one character ("0": what busybox's `read` gave from sysfs), a value without
+    # 0x, a path outside /sys/module: no base rather than a wrong one.
+    assert (
+        parse_section_bases(
+            "/sys/module/cma_mem/sections/.text:0\n"
+            "/sys/module/cma_mem/sections/.text:ffffd0e943a6e000\n"
+            "/tmp/sections/.text:0xffffd0e943a6e000\n"
+            "@modsec .text 0\n"
+        )
+        == {}
+    )
 
 
 def test_kmemleak_after_rmmod_names_the_driver_function():

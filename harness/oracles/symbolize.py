@@ -18,7 +18,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS_MARKER = "@modsec "
+SECTIONS_MARKER = "@modsec "  # the older form: '@modsec .text 0x...', one `cat` per section
+# What `grep -H . /sys/module/M/sections/.*text*` prints: every section in one process.
+SECTION_LINE = re.compile(r"^/sys/module/[^/\s]+/sections/(?P<name>[^/\s:]+):(?P<base>0x[0-9a-fA-F]+)$")
 STT_FUNC = 2
 
 
@@ -75,10 +77,15 @@ def module_functions(ko: Path | None) -> list[Symbol]:
 
 
 def parse_section_bases(text: str) -> dict[str, int]:
-    """'@modsec .text 0xffffffc000550000' lines (what the guest printed after insmod) -> bases."""
+    """Section bases from what the guest printed after insmod: grep -H lines
+    ('/sys/module/cma_mem/sections/.text:0xffffffc000550000') or, in older logs,
+    '@modsec .text 0xffffffc000550000' lines."""
     bases: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith(SECTIONS_MARKER):
+        m = SECTION_LINE.match(line)
+        if m:
+            bases[m["name"]] = int(m["base"], 16)
+        elif line.startswith(SECTIONS_MARKER):
             parts = line[len(SECTIONS_MARKER) :].split()
             if len(parts) == 2 and parts[1].startswith("0x"):
                 bases[parts[0]] = int(parts[1], 16)

@@ -2,6 +2,9 @@
 
 import pytest
 
+from harness.guest.shell import section_bases_command
+from harness.oracles.symbolize import parse_section_bases
+
 pytestmark = pytest.mark.guest
 
 
@@ -27,6 +30,14 @@ def test_guest_fixture_runs_commands(guest):
     out = guest.run("cat /proc/meminfo")
     assert out.status == 0 and "CmaTotal:" in out.stdout
     assert guest.reservation is not None and guest.reservation.size_mib == guest.target.cma_mib
+
+
+def test_the_module_section_bases_are_whole_addresses(guest):
+    # kmemleak reports read after rmmod are symbolized with these: a base read short (a "0")
+    # would name no function.
+    bases = parse_section_bases(guest.run(section_bases_command()).stdout)
+    assert ".text" in bases and ".init.text" in bases
+    assert all(base >= 0x10000000 for base in bases.values()) and len(set(bases.values())) == len(bases)
 
 
 # Replies of every shape the framing must carry byte for byte: escapes, text that looks like a
