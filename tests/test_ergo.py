@@ -237,6 +237,9 @@ def test_merge_keeps_the_asked_order_and_the_worst_verdict(tmp_path):
     assert merged.not_run == []
     b.result.not_run = ["stress"]  # -x in one job: whatever no job ran is listed as not run
     assert merge("t", [b], ["smoke", "lifecycle", "stress"], 4.5).not_run == ["stress"]
+    # Every job ended and none ran "smoke" (a stale claim, a job that skipped it): no pass.
+    unclaimed = merge("t", [a], ["smoke", "stress"], 1.0)
+    assert unclaimed.verdict == Verdict.ERROR and unclaimed.problems[0].startswith("no job ran smoke")
     broken = merge("t", [a, lost], ["stress"], 1.0)
     assert broken.verdict == Verdict.ERROR and "job t/3 left no result.json" in broken.problems[0]
 

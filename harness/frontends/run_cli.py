@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -278,7 +279,10 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         # Every job of the target gets the whole list, longest first, and runs what it claims.
         queue = queues[target.name] = longest_first(inv.scenarios, known)
         claims = inv.target_out(root, target) / "jobs" / "claims"
-        claims.mkdir(parents=True, exist_ok=True)
+        # A board left by an earlier -j run into the same --out would hand every scenario to
+        # nobody: this run's board starts empty.
+        shutil.rmtree(claims, ignore_errors=True)
+        claims.mkdir(parents=True)
         share = sum(estimate(s, known) for s in queue) / min(per_target, len(queue))
         for k in range(1, min(per_target, len(queue)) + 1):
             out = inv.target_out(root, target) / "jobs" / str(k)

@@ -184,6 +184,9 @@ class Pool:
 
     def _start(self, job: Job) -> None:
         job.out.mkdir(parents=True, exist_ok=True)
+        # An earlier run into the same --out left its result here: a job that dies before
+        # writing its own must not be read as having passed with the old one.
+        (job.out / "result.json").unlink(missing_ok=True)
         log = job.log.open("wb")
         env = dict(os.environ, COLUMNS="160", NO_COLOR="1", TERM="dumb")
         env.update(sched.job_env(self.width))
@@ -265,9 +268,14 @@ def merge(target: str, jobs: list[Job], order: list[str], wall: float) -> RunRes
         for j in jobs
     ]
     ran = {s.name for s in merged.scenarios}
-    if any(r.not_run for r in results):  # -x: one job failed and closed the board
-        merged.not_run = [name for name in order if name not in ran]
+    missing = [name for name in order if name not in ran]
     verdicts = [r.verdict for r in results] + ([Verdict.ERROR] if len(results) < len(jobs) else [])
+    if any(r.not_run for r in results):  # -x: one job failed and closed the board
+        merged.not_run = missing
+    elif missing and not any(r.interrupted_by for r in results):
+        # Every job ended and none took these: nothing tested them, so the run cannot pass.
+        merged.problems.append(f"no job ran {', '.join(missing)} (claims: {jobs[0].claims if jobs else '?'})")
+        verdicts.append(Verdict.ERROR)
     merged.verdict = max(verdicts, key=lambda v: VERDICT_RANK[v]) if verdicts else Verdict.ERROR
     return merged
 

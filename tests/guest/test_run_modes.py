@@ -72,6 +72,17 @@ def test_parallel_jobs_merge_into_one_result_and_repeat_summarises(tmp_path):
     assert "flake summary over 2 iterations" in proc.stderr
 
 
+def test_a_second_parallel_run_into_the_same_out_runs_every_scenario_again(tmp_path):
+    # CI jobs often reuse one --out: the first run's claims must not leave the second with
+    # nothing to run (it once passed in 0.8 s having run no scenario).
+    for _ in range(2):
+        proc = run("-k", "smoke", "-k", "multi-process", "-j", "2", "--json", "--out", str(tmp_path))
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert [s["name"] for s in result["scenarios"]] == ["multi-process", "smoke"]
+        assert all(s["verdict"] == "pass" and s["steps"] > 1 for s in result["scenarios"]), result["scenarios"]
+
+
 def test_an_identical_run_adopts_the_early_qemu_and_an_edited_driver_never_does(tmp_path):
     # The CLI starts the last identical run's QEMU command line before planning
     # (harness/guest/prespawn.py). The next identical run must adopt it; after a driver edit the
