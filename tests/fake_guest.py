@@ -63,12 +63,14 @@ class ReplayTransport:
         self.kernel_log = kernel_log
         self.strict = strict
         self.sent: list[str] = []
+        self.bulky: list[bool] = []  # per command sent: asked for a compressed reply
 
     def fits(self, command: str, *, bulky: bool = False) -> bool:
         return True
 
     def run(self, command: str, timeout: float | None = None, *, bulky: bool = False) -> CommandResult:
         self.sent.append(command)
+        self.bulky.append(bulky)
         assert self.replies, f"no recorded reply left for {command!r}"
         reply = self.replies.pop(0)
         if self.strict:

@@ -10,6 +10,7 @@ import pytest
 from harness.oracles.checks import CAPACITY_GRANULE
 from harness.oracles.faults import find_faults
 from harness.oracles.symbolize import module_functions
+from harness.scenario.client import BULKY_OPS
 from harness.scenario.kmemleak import sweep
 from harness.scenario.loader import load_scenario
 from harness.scenario.model import StepStatus
@@ -43,6 +44,15 @@ def test_shipped_scenarios_replay_to_the_recorded_verdicts(path: Path) -> None:
     assert [s.name for s in outcome.steps] == [s["name"] for s in recorded]
     assert not outcome.failed
     assert transport.replies == []  # the same commands, all of them
+
+
+def test_only_batches_of_many_operations_ask_for_a_compressed_reply() -> None:
+    # stress: 500 iterations of alloc/verify/free go out in batches of ~100 (300 records, ~27 KB
+    # framed); its single steps (insmod, capacity, exit) do not pay for gzip.
+    runner, transport = runner_for(recorded_replies(SUITE, "stress"))
+    runner.run_scenario(load_scenario(ROOT / "configs" / "scenarios" / "stress.yaml"))
+    batches = [c.count(" alloc ") >= BULKY_OPS // 3 for c in transport.sent]
+    assert any(batches) and transport.bulky == batches
 
 
 def test_the_replayed_suite_covers_every_step_kind() -> None:

@@ -592,7 +592,7 @@ def _repeat(client: DriverClient, step: Step, result: StepResult) -> None:
         done = 0
         while done < times and result.status == StepStatus.PASS:
             batch = min(per_call, times - done)
-            client.cma(result, process, " ".join([words] * batch), kinds)
+            client.cma(result, process, " ".join([words] * batch), kinds, ops=batch * len(body))
             done += batch
         result.name = f"{result.name} ({done}/{times} iterations)"
         return
