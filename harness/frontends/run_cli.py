@@ -261,7 +261,7 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
     """Jobs (target, scenario group) in parallel guests; one merged result per target; one table."""
     from harness.report.terminal import print_matrix
     from harness.run.parallel import Job, Pool, estimate, load_durations, longest_first, merge
-    from harness.run.session import prepare_artifacts
+    from harness.run.session import prepare_artifacts, process_age
 
     width = inv.args.jobs
     per_target = max(1, -(-width // len(inv.targets)))  # ceil: every guest gets work
@@ -292,6 +292,9 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         "queue: " + "; ".join(f"{t}: {','.join(s.name for s in q)}" for t, q in queues.items()),
         soft_wrap=True,
     )
+    # The parent's own share of the wall time before any guest can start (interpreter, imports,
+    # parsing, the prepare stage): -j pays it on top of each job's start-up.
+    before_jobs = process_age()
     started = time.monotonic()
     with JobBoard(console, jobs) as board:
         Pool(jobs, width, inv.child_argv, on_change=board.changed).run()
@@ -301,6 +304,7 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         target_out = inv.target_out(root, target)
         mine = [j for j in jobs if j.target == target.name]
         record = merge(target.name, mine, [s.name for s in inv.scenarios], wall)
+        record.timings["before jobs"] = round(before_jobs, 4)
         record.write(target_out / "result.json")
         show_summary(record, target_out, console, brief=inv.args.repeat > 1)
         results.append((target_out, record))
