@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,9 @@ from harness.guest.qemu import qemu_command
 from harness.oracles.ktap import parse_ktap, totals_problems
 from harness.report.compare import compare
 from harness.report.provenance_diff import diff
-from harness.run.parallel import ClaimBoard, Job, flake_summary, longest_first, merge
+from harness.run.parallel import ClaimBoard, Job, Pool, flake_summary, longest_first, merge
 from harness.run.resolve import effective_config
-from harness.run.result import RunResult, ScenarioSummary, Verdict
+from harness.run.result import STOPPED_EARLY, RunResult, ScenarioSummary, Verdict
 from harness.scenario.loader import resolve_scenarios, scenario_paths
 from harness.scenario.model import StepResult
 
@@ -244,6 +246,33 @@ def test_merge_keeps_the_asked_order_and_the_worst_verdict(tmp_path):
     assert broken.verdict == Verdict.ERROR and "job t/3 left no result.json" in broken.problems[0]
 
 
+def test_an_infrastructure_error_in_one_job_stops_the_others_at_once(tmp_path):
+    """Job 1's guest dies (exit 3): job 2, mid-run, is stopped instead of running the rest of the
+    queue, job 3 never starts, the boards close, and the merged run is an error listing what no
+    job ran. Without the stop this pool would wait a minute for job 2."""
+
+    def argv(job: Job) -> list[str]:
+        code = "import sys; sys.exit(3)" if job.key == "t/1" else "import time; time.sleep(60)"
+        return [sys.executable, "-c", code]
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    jobs = [Job(f"t/{k}", "t", [], tmp_path / str(k), estimate=10.0 - k, claims=claims) for k in (1, 2, 3)]
+    pool = Pool(jobs, 2, argv)
+    started = time.monotonic()
+    pool.run()
+    assert time.monotonic() - started < 15
+    assert pool.stopped is not None and pool.stopped.startswith("job t/1 ended in an infrastructure error (exit 3)")
+    assert jobs[1].exit_status == -signal.SIGTERM and jobs[2].skipped and jobs[2].proc is None
+    assert not ClaimBoard(claims).claim("smoke")
+    merged = merge("t", jobs, ["smoke", "stress"], 1.0, pool.stopped)
+    assert merged.verdict == Verdict.ERROR and merged.not_run == ["smoke", "stress"]
+    assert merged.problems[0].startswith(f"{STOPPED_EARLY}: job t/1") and len(merged.config["jobs"]) == 2
+    # A failing job (exit 1 with its result) is the driver's verdict, not a reason to stop.
+    passing = Job("t/4", "t", [], tmp_path / "4", result=record("t", {"smoke": "fail"}))
+    assert merge("t", [passing], ["smoke"], 1.0).not_run == []
+
+
 def test_flake_summary_counts_every_iteration():
     iterations = [[record("t", {"smoke": "pass", "stress": "pass"})] for _ in range(3)]
     iterations.append([record("t", {"smoke": "fail", "stress": "pass"})])
@@ -376,8 +405,10 @@ def test_the_pool_runs_every_job_at_most_width_at_a_time(tmp_path):
     from harness.run.parallel import Pool
 
     jobs = [Job(f"t/{k}", "t", [], tmp_path / str(k)) for k in range(1, 4)]
-    script = "import os, sys, time; open(sys.argv[1], 'w').close(); time.sleep(0.2); sys.exit(int(sys.argv[2]))"
-    argv = lambda job: [sys.executable, "-c", script, str(job.out / "ran"), job.key[-1]]  # noqa: E731
+    done = tmp_path / "done.json"  # what each job leaves: a result of its own
+    record("t", {"smoke": "pass"}).write(done)
+    script = "import shutil, sys, time; shutil.copy(sys.argv[1], sys.argv[2]); time.sleep(0.2)"
+    argv = lambda job: [sys.executable, "-c", script, str(done), str(job.out / "result.json")]  # noqa: E731
     seen: list[int] = []
     Pool(
         jobs,
@@ -385,5 +416,5 @@ def test_the_pool_runs_every_job_at_most_width_at_a_time(tmp_path):
         argv,
         on_change=lambda job: seen.append(sum(j.proc is not None and j.exit_status is None for j in jobs)),
     ).run()
-    assert [j.exit_status for j in jobs] == [1, 2, 3] and all((j.out / "ran").exists() for j in jobs)
-    assert max(seen) <= 2 and all(j.result is None and j.ended >= j.started for j in jobs)
+    assert [j.exit_status for j in jobs] == [0, 0, 0] and all(j.result is not None for j in jobs)
+    assert max(seen) <= 2 and all(j.ended >= j.started for j in jobs)

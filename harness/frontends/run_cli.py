@@ -296,14 +296,18 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
     # parsing, the prepare stage): -j pays it on top of each job's start-up.
     before_jobs = process_age()
     started = time.monotonic()
+    pool = Pool(jobs, width, inv.child_argv)
     with JobBoard(console, jobs) as board:
-        Pool(jobs, width, inv.child_argv, on_change=board.changed).run()
+        pool.on_change = board.changed
+        pool.run()
+    if pool.stopped:
+        console.print(f"[red]stopped the other jobs:[/red] {pool.stopped}", soft_wrap=True)
     wall = time.monotonic() - started
     results = []
     for target in inv.targets:
         target_out = inv.target_out(root, target)
         mine = [j for j in jobs if j.target == target.name]
-        record = merge(target.name, mine, [s.name for s in inv.scenarios], wall)
+        record = merge(target.name, mine, [s.name for s in inv.scenarios], wall, pool.stopped)
         record.timings["before jobs"] = round(before_jobs, 4)
         record.write(target_out / "result.json")
         show_summary(record, target_out, console, brief=inv.args.repeat > 1)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.oracles.faults import group_events
-from harness.run.result import RunResult
+from harness.run.result import STOPPED_EARLY, RunResult
 
 COLOURS = {"pass": "green", "fail": "red", "error": "magenta"}
 
@@ -57,7 +57,9 @@ def print_summary(record: RunResult, out: Path, console: Any) -> None:
     if record.error:
         console.print("error: " + record.error, soft_wrap=True, markup=False, style="magenta")
     if record.not_run:
-        console.print(f"not run (-x stopped at the first failure): {', '.join(record.not_run)}", soft_wrap=True)
+        early = any(p.startswith(STOPPED_EARLY) for p in record.problems)
+        why = "the run stopped early, see the problem above" if early else "-x stopped at the first failure"
+        console.print(f"not run ({why}): {', '.join(record.not_run)}", soft_wrap=True)
     kernel = record.kernel.get("release", "?")
     cma = record.cma
     cma_text = f"cma {cma['size_mib']} MiB at {cma['base']}" if cma else "cma ?"

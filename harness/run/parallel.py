@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.artifacts.cachelock import write_atomic
-from harness.errors import EXIT_INFRA
+from harness.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS
 from harness.run import sched
-from harness.run.result import ResultError, RunResult, Verdict
+from harness.run.result import STOPPED_EARLY, ResultError, RunResult, Verdict
 from harness.scenario.model import Scenario, Step
 
 DURATIONS = "durations.json"
@@ -52,6 +52,7 @@ class Job:
     exit_status: int | None = None
     result: RunResult | None = None
     claims: Path | None = None  # the target's ClaimBoard: the job runs only what it claims
+    skipped: bool = False  # never started: the pool stopped early (Pool.stopped says why)
 
     @property
     def log(self) -> Path:
@@ -150,6 +151,8 @@ class Pool:
     argv: Callable[[Job], list[str]]
     on_change: Callable[[Job], None] = lambda job: None
     running: list[Job] = field(default_factory=list)
+    # Why the pool stopped its other jobs early (a job ended in an infrastructure error), if it did.
+    stopped: str | None = None
 
     def run(self) -> list[Job]:
         waiting = sorted(self.jobs, key=lambda j: -j.estimate)
@@ -160,12 +163,30 @@ class Pool:
                 self._wait_any()
                 for job in list(self.running):
                     assert job.proc is not None
-                    if job.proc.poll() is not None:
+                    if job in self.running and job.proc.poll() is not None:  # (_stop_others finishes them all)
                         self._finish(job)
+                        if self.stopped is None and job_exit(job) not in (EXIT_PASS, EXIT_FAIL):
+                            self._stop_others(job, waiting)
         finally:
             for job in self.running:
                 self._kill(job)
         return self.jobs
+
+    def _stop_others(self, failed: Job, waiting: list[Job]) -> None:
+        """A job's guest died, or its environment failed (exit 3 and the like): the run's verdict is
+        an infrastructure error whatever the others find, so it ends now, with the evidence, rather
+        than after the rest of the queue (the surviving guest would otherwise run every scenario
+        the dead one left). Jobs not yet started never start; running ones get SIGTERM (their
+        harness saves what it has); every claim board is closed."""
+        self.stopped = f"job {failed.key} ended in an infrastructure error (exit {job_exit(failed)}): see {failed.log}"
+        for board in {job.claims for job in self.jobs if job.claims is not None}:
+            ClaimBoard(board).close()
+        for job in waiting:
+            job.skipped = True
+        waiting.clear()
+        for job in list(self.running):
+            self._kill(job)
+            self._finish(job)
 
     def _wait_any(self) -> None:
         """Until a running job exits (its pidfd turns readable): the next starts, or the run ends, at
@@ -230,10 +251,14 @@ def job_exit(job: Job) -> int:
     return EXIT_INFRA if job.exit_status in (None, 0, 1) else int(job.exit_status)
 
 
-def merge(target: str, jobs: list[Job], order: list[str], wall: float) -> RunResult:
-    """One result for a target from its jobs: scenarios in the asked order, the worst verdict."""
+def merge(target: str, jobs: list[Job], order: list[str], wall: float, stopped: str | None = None) -> RunResult:
+    """One result for a target from its jobs: scenarios in the asked order, the worst verdict.
+    `stopped`: why the pool ended the run early (Pool.stopped); what no job ran is then not run."""
     merged = RunResult(target=target, scenario=",".join(order))
     results = [j.result for j in jobs if j.result is not None]
+    if stopped is not None:
+        merged.problems.append(f"{STOPPED_EARLY}: {stopped}")
+    jobs = [j for j in jobs if not j.skipped]
     for job in jobs:
         if job.result is None:
             merged.problems.append(f"job {job.key} left no result.json (exit {job.exit_status}); log: {job.log}")
@@ -270,7 +295,10 @@ def merge(target: str, jobs: list[Job], order: list[str], wall: float) -> RunRes
     ran = {s.name for s in merged.scenarios}
     missing = [name for name in order if name not in ran]
     verdicts = [r.verdict for r in results] + ([Verdict.ERROR] if len(results) < len(jobs) else [])
-    if any(r.not_run for r in results):  # -x: one job failed and closed the board
+    if stopped is not None:
+        merged.not_run = missing
+        verdicts.append(Verdict.ERROR)
+    elif any(r.not_run for r in results):  # -x: one job failed and closed the board
         merged.not_run = missing
     elif missing and not any(r.interrupted_by for r in results):
         # Every job ended and none took these: nothing tested them, so the run cannot pass.

@@ -77,6 +77,9 @@ class ScenarioSummary:
         return cls(data["name"], data.get("path", ""), Verdict(data["verdict"]), data["steps"], data["duration"])
 
 
+STOPPED_EARLY = "the run stopped early"
+
+
 @dataclass
 class RunResult:
     """What result.json holds. Blocks, allocations and kernel events stay plain JSON objects
@@ -110,7 +113,9 @@ class RunResult:
     # the provenance (sha256 of what was booted and loaded, versions, commit, host).
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    # Optional: scenarios not run because an earlier one failed and the run stopped (-x).
+    # Optional: scenarios not run because an earlier one failed and the run stopped (-x), or
+    # because -j stopped every job after one ended in an infrastructure error (a problem then
+    # starts with STOPPED_EARLY and says which job).
     not_run: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
