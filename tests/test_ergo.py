@@ -268,6 +268,11 @@ def test_an_infrastructure_error_in_one_job_stops_the_others_at_once(tmp_path):
     merged = merge("t", jobs, ["smoke", "stress"], 1.0, pool.stopped)
     assert merged.verdict == Verdict.ERROR and merged.not_run == ["smoke", "stress"]
     assert merged.problems[0].startswith(f"{STOPPED_EARLY}: job t/1") and len(merged.config["jobs"]) == 2
+    # The console tail shown is the failed job's, not that of one the pool stopped.
+    stopped, dead = record("t", {"smoke": "error"}), record("t", {"stress": "error"})
+    stopped.console_tail, stopped.interrupted_by, dead.console_tail = "sh: SIGTERM", "SIGTERM", "QEMU exited"
+    pair = [Job("t/1", "t", [], tmp_path / "1", result=r) for r in (stopped, dead)]
+    assert merge("t", pair, ["smoke", "stress"], 1.0, pool.stopped).console_tail == "QEMU exited"
     # A failing job (exit 1 with its result) is the driver's verdict, not a reason to stop.
     passing = Job("t/4", "t", [], tmp_path / "4", result=record("t", {"smoke": "fail"}))
     assert merge("t", [passing], ["smoke"], 1.0).not_run == []

@@ -276,11 +276,14 @@ def merge(target: str, jobs: list[Job], order: list[str], wall: float, stopped: 
         merged.kernel_events += result.kernel_events
         merged.extra_events += result.extra_events
         merged.problems += result.problems
-        merged.console_tail = merged.console_tail or result.console_tail
         merged.error = "; ".join(e for e in (merged.error, result.error) if e)
         for stage, seconds in result.timings.items():
             merged.timings[stage] = round(merged.timings.get(stage, 0.0) + seconds, 4)
     merged.scenarios.sort(key=lambda s: rank.get(s.name, 99))
+    # The console of a job that failed by itself says more than one the pool stopped with SIGTERM.
+    tails = [r for r in results if r.console_tail]
+    if tails:
+        merged.console_tail = next((r for r in tails if not r.interrupted_by), tails[0]).console_tail
     merged.timings["total"] = round(wall, 4)
     merged.config["jobs"] = [
         {
