@@ -430,9 +430,17 @@ def _run_scenario(
     return runner
 
 
+# What a run writes into its folder. A folder reused with --out (CI jobs often do) is cleared of
+# them first: a run that died before writing dmesg.txt left the previous run's there, next to its
+# own console.log and verdict, and a run killed outright left the previous result.json.
+RUN_FILES = ("result.json", "console.log", "dmesg.txt", "qemu.pid")
+
+
 def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: Callable[[str], None]) -> RunResult:
     """Run everything; always leaves result.json (verdict error on infrastructure failure)."""
     opts.out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (opts.out / name).unlink(missing_ok=True)
     record = RunResult(
         target=opts.target.name,
         scenario=",".join(s.name for s in opts.scenarios),

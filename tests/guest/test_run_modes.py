@@ -83,6 +83,18 @@ def test_a_second_parallel_run_into_the_same_out_runs_every_scenario_again(tmp_p
         assert all(s["verdict"] == "pass" and s["steps"] > 1 for s in result["scenarios"]), result["scenarios"]
 
 
+def test_a_run_into_a_used_out_never_shows_the_previous_runs_files(tmp_path):
+    # The second run's kernel panics at boot (no initramfs /init): its folder must not keep the
+    # first run's dmesg.txt beside its own console.log and verdict.
+    assert run("-k", "smoke", "--out", str(tmp_path)).returncode == 0
+    first = (tmp_path / "dmesg.txt").read_text()
+    proc = run("-k", "smoke", "--kernel-arg", "rdinit=/nonexistent", "--json", "--out", str(tmp_path))
+    assert proc.returncode == 3, proc.stderr  # the environment (a bad command line), not the driver
+    assert "Kernel panic" in (tmp_path / "console.log").read_text()
+    assert not (tmp_path / "dmesg.txt").exists() or (tmp_path / "dmesg.txt").read_text() != first
+    assert json.loads((tmp_path / "result.json").read_text())["verdict"] == "error"
+
+
 def test_an_identical_run_adopts_the_early_qemu_and_an_edited_driver_never_does(tmp_path):
     # The CLI starts the last identical run's QEMU command line before planning
     # (harness/guest/prespawn.py). The next identical run must adopt it; after a driver edit the
