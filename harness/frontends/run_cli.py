@@ -195,6 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(inv, console)
     iterations: list[list[tuple[Path, RunResult]]] = []
+    (inv.out / "summary.json").unlink(missing_ok=True)  # an earlier run's, in a reused --out
     for i in range(1, args.repeat + 1):
         root = inv.out if args.repeat == 1 else inv.out / f"iter-{i:02d}"
         if args.repeat > 1:
@@ -278,6 +279,8 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
 
         # Every job of the target gets the whole list, longest first, and runs what it claims.
         queue = queues[target.name] = longest_first(inv.scenarios, known)
+        # Written when every job has ended: until then no earlier run's verdict may stand here.
+        (inv.target_out(root, target) / "result.json").unlink(missing_ok=True)
         claims = inv.target_out(root, target) / "jobs" / "claims"
         # A board left by an earlier -j run into the same --out would hand every scenario to
         # nobody: this run's board starts empty.
