@@ -178,7 +178,11 @@ class Pool:
         than after the rest of the queue (the surviving guest would otherwise run every scenario
         the dead one left). Jobs not yet started never start; running ones get SIGTERM (their
         harness saves what it has); every claim board is closed."""
-        self.stopped = f"job {failed.key} ended in an infrastructure error (exit {job_exit(failed)}): see {failed.log}"
+        cancelled = failed.result.interrupted_by if failed.result is not None else None
+        # A Ctrl-C on a terminal reaches every job at once: then one was cancelled, nothing failed.
+        infra = f"ended in an infrastructure error (exit {job_exit(failed)})"
+        what = f"was cancelled ({cancelled})" if cancelled else infra
+        self.stopped = f"job {failed.key} {what}: see {failed.log}"
         for board in {job.claims for job in self.jobs if job.claims is not None}:
             ClaimBoard(board).close()
         for job in waiting:
