@@ -161,12 +161,12 @@ class Pool:
                 while waiting and len(self.running) < self.width:
                     self._start(waiting.pop(0))
                 self._wait_any()
-                for job in list(self.running):
-                    assert job.proc is not None
-                    if job in self.running and job.proc.poll() is not None:  # (_stop_others finishes them all)
-                        self._finish(job)
-                        if self.stopped is None and job_exit(job) not in (EXIT_PASS, EXIT_FAIL):
-                            self._stop_others(job, waiting)
+                ended = [job for job in self.running if job.proc is not None and job.proc.poll() is not None]
+                for job in ended:
+                    self._finish(job)
+                failed = next((job for job in ended if job_exit(job) not in (EXIT_PASS, EXIT_FAIL)), None)
+                if failed is not None and self.stopped is None:
+                    self._stop_others(failed, waiting)
         finally:
             for job in self.running:
                 self._kill(job)
