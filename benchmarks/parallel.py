@@ -1,12 +1,16 @@
 """Throughput of `run -j 2` against `run -j 1` on the whole shipped suite (README: "Parallel guests").
 
-    .venv/bin/python benchmarks/parallel.py --target arm64-fast --rounds 3
+    .venv/bin/python benchmarks/parallel.py --target arm64-fast --rounds 3 [--before DIR] [--keep-env]
 
 Each round runs the suite once with -j 1 (one guest, every scenario) and once with -j 2 (the
 scenarios shared by two guests), alternating which goes first so load drifts hit both alike.
 Wall time is the whole command (process start, prepare, guests, merge). Prints per-run times,
 the medians, the throughput ratio median(-j 1) / median(-j 2), the median of the rounds' own
 ratios, the host's CPUs and load average.
+
+With --before DIR (another source tree, e.g. `git archive` of main unpacked there), every round
+also times that tree, so before and after meet the same machine noise. The harness runs with
+PYTHONDONTWRITEBYTECODE removed from its environment, as installed (--keep-env keeps it).
 
 The host's own ceiling, in the same rounds (--ceiling, default on): the same kernel and QEMU
 command line running a fixed guest-only workload (a busybox shell loop and md5sum over
@@ -30,12 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one(target: str, jobs: int, out: Path) -> tuple[float, str]:
+def one(target: str, jobs: int, out: Path, env: dict[str, str], tree: Path = ROOT) -> tuple[float, str]:
+    """One whole `run -j N` of the shipped suite from source tree `tree` (its own scenarios)."""
+    if tree != ROOT:
+        env = env | {"PYTHONPATH": str(tree)}  # wins over the editable install's finder
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--target", target, "--scenario", str(ROOT / "configs" / "scenarios"),
+        [sys.executable, "-m", "harness", "run", "--target", target, "--scenario", str(tree / "configs" / "scenarios"),
          "-j", str(jobs), "--out", str(out), "--json"],
-        capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, cwd=tree, stdin=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     wall = time.monotonic() - started
     data = json.loads(proc.stdout) if proc.stdout.strip() else {}
@@ -96,32 +103,47 @@ def main() -> int:
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the host-ceiling guests")
     ap.add_argument("--loops", type=int, default=200000, help="the ceiling guest's shell loop count")
     ap.add_argument("--blocks", type=int, default=4000, help="the ceiling guest's 64 KiB blocks through md5sum")
+    ap.add_argument("--before", type=Path, help="a source tree to time too (e.g. `git archive` of main, unpacked)")
+    ap.add_argument("--keep-env", action="store_true", help="keep PYTHONDONTWRITEBYTECODE if set")
     args = ap.parse_args()
-    times: dict[int, list[float]] = {1: [], 2: []}
+    # As installed, Python caches bytecode: with PYTHONDONTWRITEBYTECODE every process compiles
+    # the harness from source (~0.1 s), and -j 2 starts three processes where -j 1 starts one.
+    env = dict(os.environ)
+    if not args.keep_env:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    trees = {"": ROOT} | ({"before ": args.before.resolve()} if args.before else {})
+    times: dict[tuple[str, int], list[float]] = {(label, j): [] for label in trees for j in (1, 2)}
     alone: list[float] = []
     together: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cma-parallel-") as scratch:
         tmp = args.keep or scratch
-        one(args.target, 1, Path(tmp) / "warm")  # warm cache and the durations the queue order uses
+        for label, tree in trees.items():  # warm cache, bytecode and the durations the queue order uses
+            one(args.target, 1, Path(tmp) / f"warm{label.strip()}", env, tree)
         argv = ceiling_argv(args.target, Path(tmp), args.loops, args.blocks) if args.ceiling else []
         for r in range(args.rounds):
-            for jobs in (1, 2) if r % 2 == 0 else (2, 1):
-                wall, verdict = one(args.target, jobs, Path(tmp) / f"r{r}-j{jobs}")
-                times[jobs].append(wall)
-                print(f"round {r + 1} -j {jobs}: {wall:6.2f} s  {verdict}  (load {os.getloadavg()[0]:.2f})", flush=True)
+            order = [(label, j) for label in trees for j in (1, 2)]
+            for label, jobs in order if r % 2 == 0 else order[::-1]:
+                out = Path(tmp) / f"r{r}-{label.strip() or 'after'}-j{jobs}"
+                wall, verdict = one(args.target, jobs, out, env, trees[label])
+                times[(label, jobs)].append(wall)
+                print(f"round {r + 1} {label}-j {jobs}: {wall:6.2f} s  {verdict}  (load {os.getloadavg()[0]:.2f})",
+                      flush=True)  # fmt: skip
             if args.ceiling:
                 alone.append(guests(argv, 1))
                 together.append(guests(argv, 2))
                 print(f"round {r + 1} ceiling: one guest {alone[-1]:.2f} s, two at once {together[-1]:.2f} s: "
                       f"{2 * alone[-1] / together[-1]:.2f}x", flush=True)  # fmt: skip
-    m1, m2 = statistics.median(times[1]), statistics.median(times[2])
-    rounds = statistics.median(a / b for a, b in zip(times[1], times[2], strict=True))
-    print(f"median -j 1: {m1:.2f} s   median -j 2: {m2:.2f} s   throughput -j 2 / -j 1: {m1 / m2:.2f}x")
-    print(f"median of the rounds' own ratios: {rounds:.2f}x")
+    ceiling = statistics.median(2 * a / t for a, t in zip(alone, together, strict=True)) if alone else 0.0
+    for label in trees:
+        one_guest, two = times[(label, 1)], times[(label, 2)]
+        m1, m2 = statistics.median(one_guest), statistics.median(two)
+        rounds = statistics.median(a / b for a, b in zip(one_guest, two, strict=True))
+        print(f"{label}median -j 1: {m1:.2f} s   median -j 2: {m2:.2f} s   throughput -j 2 / -j 1: {m1 / m2:.2f}x")
+        print(f"{label}median of the rounds' own ratios: {rounds:.2f}x")
+        if alone:
+            print(f"{label}-j 2 reaches {m1 / m2 / ceiling:.0%} of the host ceiling")
     if alone:
-        ceiling = statistics.median(2 * a / t for a, t in zip(alone, together, strict=True))
-        print(f"host ceiling (two guests at once vs one, median of rounds): {ceiling:.2f}x; "
-              f"-j 2 reaches {m1 / m2 / ceiling:.0%} of it")  # fmt: skip
+        print(f"host ceiling (two guests at once vs one, median of rounds): {ceiling:.2f}x")
     print(f"host: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from harness.guest.shell import DRIVER_WARNINGS_COMMAND
-from harness.run.session import plain_dmesg, process_age
+from harness.run.session import dmesg_text, plain_dmesg, process_age
 from harness.scenario.loader import load_scenario
 from tests.fake_guest import Reply, runner_for
 
@@ -29,14 +29,33 @@ def test_the_last_scenario_reads_the_whole_kernel_log_once(tmp_path: Path) -> No
     path = tmp_path / "t.yaml"
     path.write_text("steps:\n  - shell: {run: 'true'}\n")
     runner, transport = runner_for([Reply("true"), Reply("dmesg -r", 0, RAW)])
-    runner.keep_kernel_log = True
+    # Asked when the final check runs, not before the scenario: by then a job sharing a queue
+    # knows whether another scenario can still come its way.
+    asked: list[int] = []
+    runner.keep_kernel_log = lambda: asked.append(len(transport.replies)) is None
     outcome = runner.run_scenario(load_scenario(path))
+    assert asked == [1]  # after the step's command, before the check's
     assert runner.kernel_log_raw == RAW
     assert transport.replies == []
     assert outcome.steps[0].problems == ["driver logged at warning level: cma_mem: <b> left"]
     other, _ = runner_for([Reply("true"), Reply(DRIVER_WARNINGS_COMMAND)])
     other.run_scenario(load_scenario(path))
     assert other.kernel_log_raw is None
+
+
+def test_dmesg_txt_is_the_kept_log_and_the_console_lines_printed_after_it() -> None:
+    later = [
+        "[    2.500000] cma_mem: loaded",  # printed while dmesg ran: in both
+        "[    3.000000] cma_mem: from user space",  # the newest line dmesg read
+        "[    9.100000] kmemleak: 1 new suspected memory leaks (see /sys/kernel/debug/kmemleak)",
+    ]
+    text = dmesg_text(RAW, later)
+    assert text.splitlines()[-2:] == ["[    3.000000] cma_mem: from user space", later[2]]
+    assert text.count("new suspected") == 1 and text.count("cma_mem: loaded") == 1
+    assert text.count("from user space") == 1
+    assert dmesg_text(RAW, later[:2]) == plain_dmesg(RAW)  # nothing new since the read
+    # A kernel without printk timestamps: nothing to tell them apart by, every later line is kept.
+    assert dmesg_text("<6>Booting Linux\n", ["kmemleak: x"]) == "Booting Linux\nkmemleak: x\n"
 
 
 def test_process_age_counts_from_process_start() -> None:

@@ -36,7 +36,7 @@ def test_shipped_scenarios_replay_to_the_recorded_verdicts(path: Path) -> None:
     # As the session runs them in one guest: kmemleak swept once after the last scenario, whose
     # final check reads the whole kernel log (dmesg.txt).
     last = path == SCENARIOS[-1]
-    runner.defer_kmemleak, runner.keep_kernel_log = True, last
+    runner.defer_kmemleak, runner.keep_kernel_log = True, lambda: last
     outcome = runner.run_scenario(scenario)
     if last:
         sweep([runner.client], 60)

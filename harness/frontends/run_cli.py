@@ -247,7 +247,8 @@ def run_sequential(inv: Invocation, root: Path, console: Any) -> list[tuple[Path
         with Progress(console, target.name) as progress:
             opts.observer = progress
             record = execute(opts, progress.on_stage, progress.log)
-        show_summary(record, target_out, console, brief=inv.args.repeat > 1)
+        # A -j job's passing result is one line in its log: the parent shows the merged table.
+        show_summary(record, target_out, console, brief=inv.args.repeat > 1 or bool(inv.args.claim_dir))
         out.append((target_out, record))
         if record.interrupted_by:
             break  # cancelled: the other targets are not started
@@ -313,7 +314,8 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         record = merge(target.name, mine, [s.name for s in inv.scenarios], wall, pool.stopped)
         record.timings["before jobs"] = round(before_jobs, 4)
         record.write(target_out / "result.json")
-        show_summary(record, target_out, console, brief=inv.args.repeat > 1)
+        # A -j job's passing result is one line in its log: the parent shows the merged table.
+        show_summary(record, target_out, console, brief=inv.args.repeat > 1 or bool(inv.args.claim_dir))
         results.append((target_out, record))
     if len(results) > 1:
         print_matrix([r for _, r in results], root, console)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -411,7 +412,7 @@ def _run_scenario(
     scenario: Scenario,
     record: RunResult,
     observer: observe.RunObserver | None = None,
-    last: bool = False,
+    last: Callable[[], bool] = lambda: False,
 ) -> ScenarioRunner:
     from harness.scenario.runner import ScenarioRunner
 
@@ -481,9 +482,13 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     if opts.claims is not None and not opts.claims.claim(scenario.name):
                         continue  # another job's guest has it
                     later = opts.scenarios[index + 1 :]
+
                     # The last one here keeps its kernel log for dmesg.txt: with a shared queue,
-                    # when every later scenario is already taken (claims are never given back).
-                    last = not later or (opts.claims is not None and all(opts.claims.taken(s.name) for s in later))
+                    # when every later scenario is taken by the time its final check runs (claims
+                    # are never given back, so none can come here after that).
+                    def last(later: list[Scenario] = later) -> bool:
+                        return not later or (opts.claims is not None and all(opts.claims.taken(s.name) for s in later))
+
                     if guest is None:
                         guest = boot_guest(opts, stage, boot, console_log, record, prepared)
                         runners = []
@@ -518,17 +523,18 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                             opts.claims.close()  # the other jobs stop taking scenarios too
                         break
                 ensure_provenance()
-                swept = False
                 if guest is not None and runners:
                     with stage("scenario"):
-                        swept = sweep_kmemleak(guest, runners, record, opts.target.timeouts.command + 30)
+                        sweep_kmemleak(guest, runners, record, opts.target.timeouts.command + 30)
                 with stage("report"):
                     if guest is not None:
                         assert guest.transport is not None
                         guest.set_step("report")
-                        kept = runners[-1].kernel_log_raw if runners and not swept else None
-                        if kept is not None:  # read by the last check, no command since
-                            (opts.out / "dmesg.txt").write_text(plain_dmesg(kept))
+                        kept = runners[-1] if runners and runners[-1].kernel_log_raw is not None else None
+                        if kept is not None:  # read by the last check; what came since is on the console
+                            assert kept.kernel_log_raw is not None
+                            since = guest.kernel_log.since(kept.kernel_log_mark)
+                            (opts.out / "dmesg.txt").write_text(dmesg_text(kept.kernel_log_raw, since))
                         else:
                             dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command, bulky=True)
                             (opts.out / "dmesg.txt").write_text(dmesg.stdout)
@@ -567,14 +573,14 @@ def _provenance(opts: RunOptions, boot: BootFiles, record: RunResult) -> dict[st
     return collect(opts.target, boot, opts.kmod, opts.cache, kselftest_sources=sources)
 
 
-def sweep_kmemleak(guest: Guest, runners: list[ScenarioRunner], record: RunResult, timeout: float) -> bool:
+def sweep_kmemleak(guest: Guest, runners: list[ScenarioRunner], record: RunResult, timeout: float) -> None:
     """One kmemleak sweep for every capacity check the scenarios on this guest made: a leak fails
-    its check step and the step's scenario, as if the check had found it. True if it ran a command."""
+    its check step and the step's scenario, as if the check had found it."""
     from harness.scenario.kmemleak import needs_sweep, sweep
 
     clients = [r.client for r in runners]
     if not needs_sweep(clients):
-        return False
+        return
     guest.set_step("kmemleak sweep")
     for leak in sweep(clients, timeout):
         record.extra_events.append(leak.event.as_dict())
@@ -582,12 +588,31 @@ def sweep_kmemleak(guest: Guest, runners: list[ScenarioRunner], record: RunResul
         for summary in record.scenarios:
             if summary.name == scenario and summary.verdict == Verdict.PASS:
                 summary.verdict = Verdict.FAIL
-    return True
 
 
 def plain_dmesg(raw: str) -> str:
     """`dmesg -r` as `dmesg` prints it: without the <level> prefixes."""
     return "".join(re.sub(r"^<\d+>", "", line) + "\n" for line in raw.splitlines())
+
+
+_STAMP = re.compile(r"^(?:<\d+>)?\[\s*(\d+\.\d+)\]")
+
+
+def dmesg_text(raw: str, later: list[str]) -> str:
+    """dmesg.txt from the kernel log a final check read (`dmesg -r`) and the kernel lines the
+    console delivered after that read (a kmemleak scan's report, say). A line printed while
+    `dmesg` ran can be in both: console lines are added from the first one stamped after the
+    read's newest line (all of them when the kernel prints no timestamps)."""
+    stamps = [float(m.group(1)) for line in raw.splitlines() if (m := _STAMP.match(line))]
+    if stamps:
+        newest = stamps[-1]
+        later = list(itertools.dropwhile(lambda line: not _stamped_after(line, newest), later))
+    return plain_dmesg(raw) + "".join(line + "\n" for line in later)
+
+
+def _stamped_after(line: str, newest: float) -> bool:
+    m = _STAMP.match(line)
+    return m is not None and float(m.group(1)) > newest
 
 
 def guest_died(record: RunResult, guest: Guest, cause: GuestError) -> GuestDied:

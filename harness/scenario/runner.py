@@ -86,10 +86,14 @@ class ScenarioRunner:
         # False: run_scenario sweeps kmemleak for its capacity checks before it returns. True: the
         # caller sweeps once for all the scenarios a guest ran (kmemleak.sweep), and amends.
         self.defer_kmemleak = False
-        # True: the check after the scenario reads the whole kernel log (`dmesg -r`) and keeps it in
-        # `kernel_log_raw`, so a caller that saves dmesg next needs no command of its own.
-        self.keep_kernel_log = False
+        # Asked when the check after the scenario runs (not before the scenario: a job sharing a
+        # queue learns only then that no other scenario can come its way). True: that check reads
+        # the whole kernel log (`dmesg -r`) and keeps it in `kernel_log_raw`, so a caller that
+        # saves dmesg next needs no command of its own; `kernel_log_mark` is where the console's
+        # kernel lines stood then, so lines printed later (a kmemleak scan's) can be added.
+        self.keep_kernel_log: Callable[[], bool] = lambda: False
         self.kernel_log_raw: str | None = None
+        self.kernel_log_mark = 0
 
     @classmethod
     def for_guest(cls, guest: Guest, label: str) -> ScenarioRunner:
@@ -131,12 +135,13 @@ class ScenarioRunner:
         """After the scenario: the driver logged nothing at warning level or worse."""
         # The whole kernel log is ~60 KB on the Debian kernel: compressed, it crosses the UART in
         # a fifth of the time (the driver's warnings alone are a few lines).
-        if self.keep_kernel_log:
+        keep = self.keep_kernel_log()
+        if keep:
             out = self.client.run(result, "dmesg -r", bulky=True)
         else:
             out = self.client.run(result, DRIVER_WARNINGS_COMMAND)
-        if self.keep_kernel_log and out.status == 0:
-            self.kernel_log_raw = out.stdout
+        if keep and out.status == 0:
+            self.kernel_log_raw, self.kernel_log_mark = out.stdout, self.kernel_log.mark
         result.fail_all(driver_log_problems(out.stdout, since))
 
     def run(self, scenario: Scenario) -> list[StepResult]:
