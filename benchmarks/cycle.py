@@ -12,8 +12,9 @@ late:     the same cold run with CMA_HARNESS_PRESPAWN=off: QEMU started only onc
 before:   with --before DIR, the same cold run from another source tree (e.g. `git archive main`
           unpacked there), so before and after are measured in the same run.
 Runs alternate (bare, run, [restored], [before], bare, ...) so machine noise hits all alike;
-medians are reported. Each variant reuses one run directory, so its command line is the same
-every time, as a user repeating a run types it.
+medians are reported, with the median of the rounds' own differences (run minus the bare
+boot just before it) and its bootstrap 95 % interval. Each variant reuses one run directory,
+so its command line is the same every time, as a user repeating a run types it.
 
     python benchmarks/cycle.py [--runs 7] [--target arm64-virt ...] [--scenario benchmarks/one-command.yaml]
                                [--restored] [--before DIR] [--no-late]
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -127,6 +129,17 @@ def measure(name: str, scenario: str, runs: int, variants: list[Variant]) -> lis
     return bare
 
 
+def paired_interval(runs: list[float], bare: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """The median of the rounds' own differences (run i - bare i, measured back to back) and a
+    bootstrap 95 % interval for it. On this host one boot moves by a few tenths of a second from
+    round to round: the interval says how far a fixed cost from this many rounds can be trusted.
+    Seeded, so the same timings always give the same interval."""
+    diffs = [r - b for r, b in zip(runs, bare, strict=True)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return statistics.median(diffs), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
@@ -168,6 +181,8 @@ def main() -> None:
         med_run = statistics.median(run.walls)
         added = med_run - med_bare
         print(f"ratio run/bare          {med_run / med_bare:6.2f}x  (harness + whole scenario add {added:.2f} s)")
+        paired, low, high = paired_interval(run.walls, bare)
+        print(f"  paired rounds: run - bare median {paired:.2f} s, 95 % interval {low:.2f} to {high:.2f} s")
         if "run, QEMU started late" in by:
             med_late = statistics.median(by["run, QEMU started late"].walls)
             print(f"QEMU started late: run/bare {med_late / med_bare:6.2f}x  (harness + whole scenario add "
