@@ -4,6 +4,7 @@ this run resolves to the same argv on unchanged files; any other guess is stoppe
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -111,3 +112,28 @@ def test_plans_are_pruned_to_the_newest(tmp_path: Path) -> None:
         os.utime(plans / f"{i}.json", ns=(i * 10**9, i * 10**9))
     prespawn.prune(plans, keep=3)
     assert sorted(p.name for p in plans.iterdir()) == ["7.json", "8.json", "9.json"]
+
+
+def test_a_matching_guess_killed_from_outside_is_adopted_dead_not_replaced(tmp_path: Path, image: Path) -> None:
+    # faults.sh found it: a QEMU killed right after a -j job started it was replaced by a fresh
+    # boot and the run passed; a QEMU killed from outside must end as an infrastructure error.
+    argv = fake_qemu(image)
+    prespawn.arm(tmp_path, ["run", "k"])
+    prespawn.spawned(argv, repeatable=True)
+    prespawn.arm(tmp_path, ["run", "k"])
+    guess = prespawn.pending()
+    assert guess is not None and guess.pid is not None
+    os.kill(guess.pid, signal.SIGKILL)
+    assert guess.wait_exit(5.0)
+    adopted = prespawn.adopt(argv)
+    assert adopted is guess and not adopted.alive()
+    adopted.stop()
+    assert adopted.describe_exit() == "killed by SIGKILL"
+
+    # A guess that exited by itself (QEMU refusing a stale argument) is dropped: the run boots.
+    prespawn.arm(tmp_path, ["run", "e"])
+    prespawn.spawned(["sh", "-c", "exit 1", "-kernel", str(image)], repeatable=True)
+    prespawn.arm(tmp_path, ["run", "e"])
+    exited = prespawn.pending()
+    assert exited is not None and exited.wait_exit(5.0)
+    assert prespawn.adopt(["sh", "-c", "exit 1", "-kernel", str(image)]) is None

@@ -157,6 +157,9 @@ class Guest:
             self.console.wait_for(self.ready_marker.__eq__, self.target.timeouts.boot, "the guest shell")
         except GuestError as exc:
             self.stop()  # __exit__ does not run when __enter__ raises
+            if not self.qemu.alive() and not self.qemu.stopped_by_us:
+                # How it ended is the evidence: killed from outside, or QEMU's own error exit.
+                exc.message = f"{exc.message} ({self.qemu.describe_exit()})"
             exc.message = f"guest did not boot: {exc.message}"
             exc.args = (exc.message,)
             raise

@@ -115,13 +115,21 @@ def arm(cache: Path, args: list[str]) -> None:
 
 def adopt(argv: list[str]) -> QemuProcess | None:
     """For the process's first guest: the speculative QEMU if it runs exactly `argv` on
-    unchanged files. A guess that does not match is stopped."""
+    unchanged files, even one killed by a signal meanwhile. A guess that does not match, or
+    that exited by itself (a QEMU that refused its arguments), is stopped and the run boots."""
     armed = _armed
     if armed is None or armed.first_done or armed.guess is None:
         return None
     guess, armed.guess = armed.guess, None
-    if guess.argv == argv and guess.alive() and file_stats(list(armed.files or {})) == armed.files:
-        return guess
+    if guess.argv == argv and file_stats(list(armed.files or {})) == armed.files:
+        if guess.alive():
+            return guess
+        if guess.child.signalstatus is not None:
+            # The very guest this run would boot, killed from outside before the harness took
+            # it (an operator, the OOM killer, a CI system's timeout): the boot then fails as
+            # any boot whose QEMU is killed does, an infrastructure error with the evidence,
+            # instead of a second QEMU quietly taking its place.
+            return guess
     guess.stop(grace=0.5)
     return None
 
