@@ -157,11 +157,7 @@ class Guest:
             self.console.wait_for(self.ready_marker.__eq__, self.target.timeouts.boot, "the guest shell")
         except GuestError as exc:
             self.stop()  # __exit__ does not run when __enter__ raises
-            if not self.qemu.alive() and not self.qemu.stopped_by_us:
-                # How it ended is the evidence: killed from outside, or QEMU's own error exit.
-                exc.message = f"{exc.message} ({self.qemu.describe_exit()})"
-            exc.message = f"guest did not boot: {exc.message}"
-            exc.args = (exc.message,)
+            self._say_how_qemu_ended(exc, "guest did not boot")
             raise
         except BaseException:
             self.stop()
@@ -169,6 +165,10 @@ class Guest:
         if self.replay is not None:
             try:
                 self._resync()
+            except GuestError as exc:
+                self.stop()
+                self._say_how_qemu_ended(exc, "restored guest did not resume")
+                raise
             except BaseException:
                 self.stop()
                 raise
@@ -201,6 +201,14 @@ class Guest:
         assert self.console is not None
         self.console.send_line(f"echo '{guestinit.READY_MARKER}'")
         self.console.wait_for(guestinit.READY_MARKER.__eq__, self.target.timeouts.command, "the guest shell")
+
+    def _say_how_qemu_ended(self, exc: GuestError, what: str) -> None:
+        """Prefix the error with what failed and, when QEMU ended without the harness stopping it,
+        how: a signal from outside, or QEMU's own error exit, is the evidence."""
+        if not self.qemu.alive() and not self.qemu.stopped_by_us:
+            exc.message = f"{exc.message} ({self.qemu.describe_exit()})"
+        exc.message = f"{what}: {exc.message}"
+        exc.args = (exc.message,)
 
     def _resync(self) -> None:
         """A restored guest's shell, reached over a console that is new to it: a byte sent while
