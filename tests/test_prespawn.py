@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.guest import prespawn
+from harness.guest.qemu import QemuProcess
 
 
 @pytest.fixture()
@@ -23,6 +24,16 @@ def image(tmp_path: Path) -> Path:
 def fake_qemu(image: Path, seconds: str = "30") -> list[str]:
     # Stands in for QEMU: a long-lived process whose argv names a file, as -kernel does.
     return ["sh", "-c", f"exec sleep {seconds}", "-kernel", str(image)]
+
+
+def guess_for(cache: Path, name: str, argv: list[str]) -> QemuProcess:
+    """A run that leaves a plan for argv, then the next identical run's early-started guess."""
+    prespawn.arm(cache, ["run", name])
+    prespawn.spawned(argv, repeatable=True)
+    prespawn.arm(cache, ["run", name])
+    guess = prespawn.pending()
+    assert guess is not None
+    return guess
 
 
 def test_the_key_is_the_invocation() -> None:
@@ -68,12 +79,8 @@ def test_a_plan_is_made_by_a_spawn_and_started_by_the_next_identical_run(tmp_pat
 
 def test_a_guess_that_does_not_match_is_stopped(tmp_path: Path, image: Path) -> None:
     argv = fake_qemu(image)
-    prespawn.arm(tmp_path, ["run", "y"])
-    prespawn.spawned(argv, repeatable=True)
-
-    prespawn.arm(tmp_path, ["run", "y"])
-    guess = prespawn.pending()
-    assert guess is not None and guess.alive()
+    guess = guess_for(tmp_path, "y", argv)
+    assert guess.alive()
     assert prespawn.adopt(fake_qemu(image, "31")) is None  # this run resolved to something else
     assert not guess.alive() and guess.stopped_by_us
 
@@ -118,11 +125,8 @@ def test_a_matching_guess_killed_from_outside_is_adopted_dead_not_replaced(tmp_p
     # faults.sh found it: a QEMU killed right after a -j job started it was replaced by a fresh
     # boot and the run passed; a QEMU killed from outside must end as an infrastructure error.
     argv = fake_qemu(image)
-    prespawn.arm(tmp_path, ["run", "k"])
-    prespawn.spawned(argv, repeatable=True)
-    prespawn.arm(tmp_path, ["run", "k"])
-    guess = prespawn.pending()
-    assert guess is not None and guess.pid is not None
+    guess = guess_for(tmp_path, "k", argv)
+    assert guess.pid is not None
     os.kill(guess.pid, signal.SIGKILL)
     assert guess.wait_exit(5.0)
     adopted = prespawn.adopt(argv)
@@ -131,9 +135,6 @@ def test_a_matching_guess_killed_from_outside_is_adopted_dead_not_replaced(tmp_p
     assert adopted.describe_exit() == "killed by SIGKILL"
 
     # A guess that exited by itself (QEMU refusing a stale argument) is dropped: the run boots.
-    prespawn.arm(tmp_path, ["run", "e"])
-    prespawn.spawned(["sh", "-c", "exit 1", "-kernel", str(image)], repeatable=True)
-    prespawn.arm(tmp_path, ["run", "e"])
-    exited = prespawn.pending()
-    assert exited is not None and exited.wait_exit(5.0)
+    exited = guess_for(tmp_path, "e", ["sh", "-c", "exit 1", "-kernel", str(image)])
+    assert exited.wait_exit(5.0)
     assert prespawn.adopt(["sh", "-c", "exit 1", "-kernel", str(image)]) is None
