@@ -314,8 +314,7 @@ def run_parallel(inv: Invocation, root: Path, console: Any) -> list[tuple[Path, 
         record = merge(target.name, mine, [s.name for s in inv.scenarios], wall, pool.stopped)
         record.timings["before jobs"] = round(before_jobs, 4)
         record.write(target_out / "result.json")
-        # A -j job's passing result is one line in its log: the parent shows the merged table.
-        show_summary(record, target_out, console, brief=inv.args.repeat > 1 or bool(inv.args.claim_dir))
+        show_summary(record, target_out, console, brief=inv.args.repeat > 1)
         results.append((target_out, record))
     if len(results) > 1:
         print_matrix([r for _, r in results], root, console)

@@ -530,11 +530,10 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                     if guest is not None:
                         assert guest.transport is not None
                         guest.set_step("report")
-                        kept = runners[-1] if runners and runners[-1].kernel_log_raw is not None else None
+                        kept = runners[-1].kernel_log_raw if runners else None
                         if kept is not None:  # read by the last check; what came since is on the console
-                            assert kept.kernel_log_raw is not None
-                            since = guest.kernel_log.since(kept.kernel_log_mark)
-                            (opts.out / "dmesg.txt").write_text(dmesg_text(kept.kernel_log_raw, since))
+                            since = guest.kernel_log.since(runners[-1].kernel_log_mark)
+                            (opts.out / "dmesg.txt").write_text(dmesg_text(kept, since))
                         else:
                             dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command, bulky=True)
                             (opts.out / "dmesg.txt").write_text(dmesg.stdout)
@@ -603,9 +602,8 @@ def dmesg_text(raw: str, later: list[str]) -> str:
     console delivered after that read (a kmemleak scan's report, say). A line printed while
     `dmesg` ran can be in both: console lines are added from the first one stamped after the
     read's newest line (all of them when the kernel prints no timestamps)."""
-    stamps = [float(m.group(1)) for line in raw.splitlines() if (m := _STAMP.match(line))]
-    if stamps:
-        newest = stamps[-1]
+    newest = next((float(m.group(1)) for line in reversed(raw.splitlines()) if (m := _STAMP.match(line))), None)
+    if newest is not None:
         later = list(itertools.dropwhile(lambda line: not _stamped_after(line, newest), later))
     return plain_dmesg(raw) + "".join(line + "\n" for line in later)
 
