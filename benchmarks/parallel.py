@@ -1,12 +1,16 @@
 """Throughput of `run -j 2` against `run -j 1` on the whole shipped suite (README: "Parallel guests").
 
     .venv/bin/python benchmarks/parallel.py --target arm64-fast --rounds 3 [--before DIR] [--keep-env]
+        [--sched pinned,batch]
 
 Each round runs the suite once with -j 1 (one guest, every scenario) and once with -j 2 (the
 scenarios shared by two guests), alternating which goes first so load drifts hit both alike.
 Wall time is the whole command (process start, prepare, guests, merge). Prints per-run times,
 the medians, the throughput ratio median(-j 1) / median(-j 2), the median of the rounds' own
 ratios, the host's CPUs and load average.
+
+With --sched P1,P2 (CMA_HARNESS_SCHED policies: pinned, batch, normal; default: the harness's
+own default), every round runs -j 2 once under each policy, so policies meet the same noise.
 
 With --before DIR (another source tree, e.g. `git archive` of main unpacked there), every round
 also times that tree, so before and after meet the same machine noise. The harness runs with
@@ -34,8 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one(target: str, jobs: int, out: Path, env: dict[str, str], tree: Path = ROOT) -> tuple[float, str]:
+def one(
+    target: str, jobs: int, out: Path, env: dict[str, str], tree: Path = ROOT, sched: str = ""
+) -> tuple[float, str]:
     """One whole `run -j N` of the shipped suite from source tree `tree` (its own scenarios)."""
+    if sched:
+        env = env | {"CMA_HARNESS_SCHED": sched}
     if tree != ROOT:
         env = env | {"PYTHONPATH": str(tree)}  # wins over the editable install's finder
     started = time.monotonic()
@@ -105,28 +113,33 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=4000, help="the ceiling guest's 64 KiB blocks through md5sum")
     ap.add_argument("--before", type=Path, help="a source tree to time too (e.g. `git archive` of main, unpacked)")
     ap.add_argument("--keep-env", action="store_true", help="keep PYTHONDONTWRITEBYTECODE if set")
+    ap.add_argument("--sched", default="", help="-j 2 under each of these CMA_HARNESS_SCHED policies (comma-separated)")
     args = ap.parse_args()
+    scheds = args.sched.split(",") if args.sched else [""]
     # As installed, Python caches bytecode: with PYTHONDONTWRITEBYTECODE every process compiles
     # the harness from source (~0.1 s), and -j 2 starts three processes where -j 1 starts one.
     env = dict(os.environ)
     if not args.keep_env:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
     trees = {"": ROOT} | ({"before ": args.before.resolve()} if args.before else {})
-    times: dict[tuple[str, int], list[float]] = {(label, j): [] for label in trees for j in (1, 2)}
+    # A run: (tree label, -j, policy); -j 1 runs one guest, so the policy does not apply to it.
+    order = [(label, 1, "") for label in trees] + [(label, 2, p) for label in trees for p in scheds]
+    times: dict[tuple[str, int, str], list[float]] = {run: [] for run in order}
     alone: list[float] = []
     together: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cma-parallel-") as scratch:
         tmp = args.keep or scratch
         for label, tree in trees.items():  # warm cache, bytecode and the durations the queue order uses
             one(args.target, 1, Path(tmp) / f"warm{label.strip()}", env, tree)
+            one(args.target, 2, Path(tmp) / f"warm2{label.strip()}", env, tree)
         argv = ceiling_argv(args.target, Path(tmp), args.loops, args.blocks) if args.ceiling else []
         for r in range(args.rounds):
-            order = [(label, j) for label in trees for j in (1, 2)]
-            for label, jobs in order if r % 2 == 0 else order[::-1]:
-                out = Path(tmp) / f"r{r}-{label.strip() or 'after'}-j{jobs}"
-                wall, verdict = one(args.target, jobs, out, env, trees[label])
-                times[(label, jobs)].append(wall)
-                print(f"round {r + 1} {label}-j {jobs}: {wall:6.2f} s  {verdict}  (load {os.getloadavg()[0]:.2f})",
+            for label, jobs, sched in order if r % 2 == 0 else order[::-1]:
+                out = Path(tmp) / f"r{r}-{label.strip() or 'after'}-j{jobs}{sched}"
+                wall, verdict = one(args.target, jobs, out, env, trees[label], sched)
+                times[(label, jobs, sched)].append(wall)
+                name = f"{label}-j {jobs}" + (f" {sched}" if sched else "")
+                print(f"round {r + 1} {name}: {wall:6.2f} s  {verdict}  (load {os.getloadavg()[0]:.2f})",
                       flush=True)  # fmt: skip
             if args.ceiling:
                 alone.append(guests(argv, 1))
@@ -134,14 +147,17 @@ def main() -> int:
                 print(f"round {r + 1} ceiling: one guest {alone[-1]:.2f} s, two at once {together[-1]:.2f} s: "
                       f"{2 * alone[-1] / together[-1]:.2f}x", flush=True)  # fmt: skip
     ceiling = statistics.median(2 * a / t for a, t in zip(alone, together, strict=True)) if alone else 0.0
-    for label in trees:
-        one_guest, two = times[(label, 1)], times[(label, 2)]
+    for label, jobs, sched in order:
+        if jobs == 1:
+            continue
+        one_guest, two = times[(label, 1, "")], times[(label, 2, sched)]
         m1, m2 = statistics.median(one_guest), statistics.median(two)
         rounds = statistics.median(a / b for a, b in zip(one_guest, two, strict=True))
-        print(f"{label}median -j 1: {m1:.2f} s   median -j 2: {m2:.2f} s   throughput -j 2 / -j 1: {m1 / m2:.2f}x")
-        print(f"{label}median of the rounds' own ratios: {rounds:.2f}x")
+        name = label + (f"{sched} " if sched else "")
+        print(f"{name}median -j 1: {m1:.2f} s   median -j 2: {m2:.2f} s   throughput -j 2 / -j 1: {m1 / m2:.2f}x")
+        print(f"{name}median of the rounds' own ratios: {rounds:.2f}x")
         if alone:
-            print(f"{label}-j 2 reaches {m1 / m2 / ceiling:.0%} of the host ceiling")
+            print(f"{name}-j 2 reaches {m1 / m2 / ceiling:.0%} of the host ceiling")
     if alone:
         print(f"host ceiling (two guests at once vs one, median of rounds): {ceiling:.2f}x")
     print(f"host: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -1,11 +1,11 @@
-"""The serial protocol's host half: rebuild framed output, prove it by md5, detect corruption."""
+"""The serial protocol's host half: rebuild framed output, prove it by md5 or by counts, detect corruption."""
 
 import base64
 import gzip
 import hashlib
 
 from harness.guest.console import split_kernel_lines
-from harness.guest.transport.serial import BASE64_LINE, inflate, rebuild, unescape
+from harness.guest.transport.serial import BASE64_LINE, foreign, inflate, rebuild, unescape
 
 
 def md5(text: str) -> str:
@@ -72,3 +72,49 @@ def test_bulky_output_with_a_kernel_message_inside_is_detected():
     assert inflate([*lines[:3], *lines[4:]]) is None  # a line lost
     assert inflate([*lines[:3], "SGVsbG8", *lines[3:]]) is None  # a stray base64-looking line
     assert inflate(lines[:-1]) is None  # the end lost
+
+
+def counted(text: str) -> str:
+    """The proof guestinit's builtin path prints: the bytes written and the framed lines."""
+    return f"c{len(text.encode())}:{len(frame(text))}"
+
+
+def test_counted_replies_rebuild_with_and_without_final_newline():
+    for text in ("one\ntwo\n", "no newline", "[    1.000000] looks like printk\n", "back\\slash\n", "\n\n", "a\n\nb"):
+        assert rebuild(frame(text), "@3o|", counted(text)) == text
+        assert rebuild(frame(text), "@3o|", counted(text), clean=False) is None
+    assert rebuild(frame("one\ntwo\n"), "@3o|", "c8:1") is None  # a line lost or added
+    assert rebuild(frame("beforeafter\n"), "@3o|", "c13:1") is None  # the guest's read dropped a NUL
+
+
+def received(stream: str, cid: int = 3) -> tuple[list[str], bool]:
+    """What the host makes of a frame's bytes: its lines as the console splits them, and whether
+    the frame was clean (SerialTransport._collect and lava.replay.find_frames alike)."""
+    lines = [piece for raw in stream.split("\n") for piece in split_kernel_lines(raw)]
+    return lines, not any(foreign(line, cid) for line in lines)
+
+
+KERNEL = ["[   12.345678] cma_mem: dump_mem: x\n", "cma_mem: no stamp\n", "[   1.000000] pr_cont without end", "\n"]
+
+
+def test_a_kernel_message_anywhere_in_a_counted_reply_never_changes_it():
+    # Every kernel message at every byte of every reply: the counted proof rebuilds the text or
+    # refuses it (the caller asks again), never anything else. Refusals prove the check can fail.
+    refused = accepted = 0
+    for text in ("alpha beta\nsecond\n", "one\ntwo", "x\n\ny\n", "[ts] \\ esc\n", "a" * 40 + "\n"):
+        sent = "".join(line + "\n" for line in frame(text))
+        for k in KERNEL:
+            for at in range(len(sent) + 1):
+                lines, clean = received(sent[:at] + k + sent[at:])
+                got = rebuild(lines, "@3o|", counted(text), clean)
+                assert got in (None, text), (text, k, at, got)
+                refused += got is None
+                accepted += got == text
+    assert refused > 400 and accepted > 10  # accepted: a lone newline between two framed lines
+
+
+def test_md5_replies_survive_a_kernel_line_between_framed_lines():
+    text = "one\ntwo\n"
+    lines, clean = received("@3o|one\n[   12.345678] cma_mem: x\n@3o|two\n")
+    assert not clean and rebuild(lines, "@3o|", md5(text), clean) == text
+    assert rebuild(lines, "@3o|", counted(text), clean) is None

@@ -16,7 +16,18 @@ The kernel prints on the same console at any moment, even in the middle
 of a line. The host rebuilds stdout/stderr from the framed lines and checks
 them against the md5 sums; on a mismatch it asks for the same output again
 (`__e ID`), which costs a second round trip only when a kernel message
-actually landed inside the output. Before the first command, /init prints
+actually landed inside the output.
+
+A short first reply (up to FAST_BYTES a stream, framed by shell builtins) is
+proved without an md5sum process: its sum field is `c<bytes>:<lines>`, the
+bytes the command wrote (the shared file offset of the shell's fd, read from
+/proc/1/fdinfo) and the framed lines. The guest sends it only when what its
+builtins read back adds up to those bytes (the builtin `read` drops NUL
+bytes: such a reply goes by sed and md5sum). The host accepts it only when
+the rebuilt text has exactly those bytes and lines and no other non-empty
+line arrived between `@@ID B` and `@@ID X`: kernel bytes inside a framed
+line either push the rest of that line onto an unframed line or change the
+byte count, so a counted reply cannot come back changed either. Before the first command, /init prints
 `@@boot` facts and `@@ready`.
 
 For a command whose output is big the host writes `__hz ID 'command'`
@@ -34,7 +45,7 @@ from __future__ import annotations
 import hashlib
 
 # Bumped when the script's protocol changes, so cached initramfs archives are rebuilt.
-FORMAT_VERSION = "8"
+FORMAT_VERSION = "9"
 
 READY_MARKER = "@@ready"
 # console_loglevel once booted: every message (the driver's dump_mem lines included) reaches the
@@ -77,24 +88,32 @@ echo 10 > /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 # goes out by shell builtins: a sed process costs ~8 ms on the Debian kernel under TCG and
 # 50-100 ms on the debug kernel (KASAN, lockdep), but the builtin `read` takes one syscall a
 # byte (0.03 ms and 0.18 ms there), so only short replies (most are a record or two) gain.
-# What the builtins cannot carry (a NUL byte) fails the md5 sum, and the host's second request
+# What the builtins cannot carry (a NUL byte: `read` drops it) leaves the count short of the
+# bytes written, so that reply is proved by md5sum, which fails, and the host's second request
 # (__e/__z) uses sed.
+# __p PREFIX FILE FD sets __c: the reply's proof when it needs no md5sum process (the empty
+# sum for an empty file, c<bytes>:<lines> for a counted builtin reply), else nothing. __m set:
+# md5 sums only (a LAVA job: its log cannot be asked again, and an md5 survives a kernel line
+# between two framed lines, where a count needs a clean frame).
 __p() {
-	[ -s "$2" ] || return 0
+	__c=
+	[ -s "$2" ] || { __c=@EMPTY_MD5@; return 0; }
 	if [ -n "$__q" ]; then
-		__n=@FAST_BYTES@ __b= __l= __o=1
-		while [ $__n -gt 0 ] && { IFS= read -r -n $__n __l || [ -n "$__l" ]; }; do
+		__n=@FAST_BYTES@ __b= __l= __o=1 __k=0 __t=0
+		while [ $__n -gt 0 ] && { IFS= read -r -n $__n __l || { [ -n "$__l" ] && __t=1; }; }; do
 			if [ ${#__l} -ge $__n ]; then
 				__o=
 				break
 			fi
-			__n=$((__n - ${#__l} - 1)) __l=${__l//\\/\\\\}
+			__n=$((__n - ${#__l} - 1)) __k=$((__k + 1)) __l=${__l//\\/\\\\}
 			__b="$__b$1${__l//\[/\\x5b}
 "
 			__l=
 		done <"$2"
 		if [ -n "$__o" ] && [ $__n -gt 0 ]; then
 			printf %s "$__b"
+			read -r __x __w <"/proc/$$/fdinfo/$3"
+			[ -z "$__m" ] && [ $((@FAST_BYTES@ - __n - __t)) = "$__w" ] && __c="c$__w:$__k"
 			return 0
 		fi
 	fi
@@ -109,15 +128,17 @@ echo "@@boot release=$__r uptime=$__u"
 dmesg | sed -n -E -e '/^Cma(Total|Free):/{s/^/@@boot meminfo /p;d}' -e '/@BOOT_FACTS@/!d' \
 	-e 's/\\/\\\\/g' -e 's/\[/\\x5b/g' -e 's/^/@@boot dmesg /p' - /proc/meminfo
 # __e ID STATUS: emit the saved output of command ID.
+# A silent or short reply needs no md5sum process (~20 ms on the Debian kernel, 50-100 ms on
+# the debug kernel, paid by most commands).
 __e() {
 	echo "@@$1 B"
-	__p "@$1o|" /tmp/.o
-	__p "@$1e|" /tmp/.e
-	# A silent command's sums are known: no md5sum process (~20 ms on the Debian kernel).
-	if [ -s /tmp/.o ] || [ -s /tmp/.e ]; then
-		set -- "$1" "${2:-$__rc}" $(md5sum /tmp/.o /tmp/.e)
+	__p "@$1o|" /tmp/.o 3
+	__y=$__c
+	__p "@$1e|" /tmp/.e 4
+	if [ -n "$__y" ] && [ -n "$__c" ]; then
+		set -- "$1" "${2:-$__rc}" "$__y" - "$__c"
 	else
-		set -- "$1" "${2:-$__rc}" @EMPTY_MD5@ - @EMPTY_MD5@
+		set -- "$1" "${2:-$__rc}" $(md5sum /tmp/.o /tmp/.e)
 	fi
 	echo "@@$1 X $2 $3 $5"
 }
@@ -132,24 +153,28 @@ __z() {
 		gzip -c /tmp/.o | base64
 		__s=gzip
 	fi
-	__p "@$1e|" /tmp/.e
-	if [ -s /tmp/.e ]; then
-		set -- "$1" "${2:-$__rc}" $(md5sum /tmp/.e)
+	__p "@$1e|" /tmp/.e 4
+	if [ -n "$__c" ]; then
+		set -- "$1" "${2:-$__rc}" "$__c"
 	else
-		set -- "$1" "${2:-$__rc}" @EMPTY_MD5@
+		set -- "$1" "${2:-$__rc}" $(md5sum /tmp/.e)
 	fi
 	echo "@@$1 X $2 $__s $3"
 }
 # __h ID COMMAND: run COMMAND in a subshell (a syntax error must not kill PID 1), then emit.
-# __hz: the same, emitted by __z.
+# __hz: the same, emitted by __z. The capture files stay open on fds 3 and 4 of this shell,
+# shared with the command's stdout and stderr, so their offsets count the bytes it wrote
+# (__p's proof); the command itself gets neither fd.
 __h() {
-	( eval "$2" ) </dev/null >/tmp/.o 2>/tmp/.e
+	exec 3>/tmp/.o 4>/tmp/.e
+	( eval "$2" ) </dev/null >&3 2>&4 3>&- 4>&-
 	__rc=$? __q=1
 	__e "$1" $__rc
 	__q=
 }
 __hz() {
-	( eval "$2" ) </dev/null >/tmp/.o 2>/tmp/.e
+	exec 3>/tmp/.o 4>/tmp/.e
+	( eval "$2" ) </dev/null >&3 2>&4 3>&- 4>&-
 	__rc=$? __q=1
 	__z "$1" $__rc
 	__q=

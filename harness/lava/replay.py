@@ -29,7 +29,7 @@ from harness.guest.kernel_log import KernelLog
 from harness.guest.machine import KERNEL_LINE
 from harness.guest.shell import RESET_COMMAND
 from harness.guest.transport.base import CommandResult
-from harness.guest.transport.serial import END, rebuild
+from harness.guest.transport.serial import END, foreign, rebuild
 from harness.lava.job import block_name, guest_line, parse_declaration
 from harness.lava.logfile import LavaLog, LogLine, parse_log
 from harness.lava.script import GuestCommand, Script, compile_script
@@ -62,12 +62,12 @@ class Frame:
 
 def find_frames(lines: list[LogLine]) -> dict[int, Frame]:
     frames: dict[int, Frame] = {}
-    open_id, begin = -1, 0
+    open_id, begin, clean = -1, 0, True
     framed: list[str] = []
     for index, line in enumerate(lines):
         m = BEGIN.match(line.text)
         if m:
-            open_id, begin, framed = int(m.group(1)), index, []
+            open_id, begin, framed, clean = int(m.group(1)), index, [], True
             continue
         if open_id < 0:
             continue
@@ -78,13 +78,15 @@ def find_frames(lines: list[LogLine]) -> dict[int, Frame]:
                 begin,
                 index,
                 int(end.group(2)),
-                rebuild(framed, f"@{open_id}o|", end.group(3)),
-                rebuild(framed, f"@{open_id}e|", end.group(4)),
+                rebuild(framed, f"@{open_id}o|", end.group(3), clean),
+                rebuild(framed, f"@{open_id}e|", end.group(4), clean),
                 lines[begin].t,
                 line.t,
             )
             open_id = -1
-        elif line.text.startswith((f"@{open_id}o|", f"@{open_id}e|")):
+            continue
+        clean = clean and not foreign(line.text, open_id)
+        if line.text.startswith((f"@{open_id}o|", f"@{open_id}e|")):
             framed.append(line.text)
     return frames
 

@@ -2,8 +2,9 @@
 
 One line goes out per command and the reply is parsed from framed lines, so
 kernel messages interleaved with the output never change what the caller
-sees: the md5 sums printed by the guest prove the rebuilt output, and a
-corrupted reply is asked for again.
+sees: the md5 sums (or, for a short reply, the byte and line counts) printed
+by the guest prove the rebuilt output, and a corrupted reply is asked for
+again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from harness.errors import GuestError
 from harness.guest.console import Console, ConsoleClosed
 from harness.guest.transport.base import CommandResult
 
-END = re.compile(r"^@@(\d+) X (\d+) ([0-9a-f]{32}|gzip) ([0-9a-f]{32})$")
+# A stream's proof: its md5, its counts (`c<bytes>:<lines>`, guestinit's builtin replies) or, for
+# a bulky stdout, "gzip".
+END = re.compile(r"^@@(\d+) X (\d+) ([0-9a-f]{32}|gzip|c\d+:\d+) ([0-9a-f]{32}|c\d+:\d+)$")
 # A line of a bulky command's compressed stdout (guestinit's __z).
 BASE64_LINE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 # The canonical-mode tty takes at most 4095 bytes per line.
@@ -52,18 +55,37 @@ def inflate(lines: list[str]) -> str | None:
     return data.decode("utf-8", "surrogateescape")
 
 
-def rebuild(lines: list[str], prefix: str, md5: str) -> str | None:
-    """The text whose framed lines these are, if its md5 matches (with or without final newline)."""
+def rebuild(lines: list[str], prefix: str, proof: str, clean: bool = True) -> str | None:
+    """The text whose framed lines these are, if its proof holds (with or without final newline).
+
+    proof: the md5 the guest printed, or `c<bytes>:<lines>` (guestinit's counted builtin reply),
+    which holds only for a `clean` reply: no other non-empty line arrived inside its frame. Kernel
+    bytes K inside a framed line either push the rest of that line onto a line of its own (not
+    clean) or stay in it, and then the framed text is len(K) minus K's newlines longer: the byte
+    count differs unless K is newlines only, which changes nothing of the text."""
     body = [unescape(line[len(prefix) :]) for line in lines if line.startswith(prefix)]
     if not body:
         candidates = [""]
     else:
         joined = "\n".join(body)
         candidates = [joined + "\n", joined]
+    if ":" in proof:  # c<bytes>:<lines> (an md5 is hex digits only)
+        size, count = (int(n) for n in proof[1:].split(":"))
+        if not clean or len(body) != count:
+            return None
+        return next((t for t in candidates if len(t.encode("utf-8", "surrogateescape")) == size), None)
     for text in candidates:
-        if hashlib.md5(text.encode("utf-8", "surrogateescape")).hexdigest() == md5:
+        if hashlib.md5(text.encode("utf-8", "surrogateescape")).hexdigest() == proof:
             return text
     return None
+
+
+def foreign(text: str, cid: int, bulky: bool = False) -> bool:
+    """A non-empty line inside command cid's frame that is none of its reply's lines (a kernel
+    message, or the rest of a framed line a kernel message cut): a counted proof then fails."""
+    if not text or text.startswith((f"@{cid}o|", f"@{cid}e|")):
+        return False
+    return not (bulky and BASE64_LINE.match(text))
 
 
 def command_line(cid: int, command: str, bulky: bool = False) -> str:
@@ -126,6 +148,7 @@ class SerialTransport:
         begin = f"@@{cid} B"
         framed: list[str] = []
         packed: list[str] = []  # bulky: stdout's base64 lines
+        clean = True  # no foreign line in the frame (a counted proof needs it)
         started = False
         fatal_before = self.fatal_count()
         after_fault = False
@@ -147,14 +170,16 @@ class SerialTransport:
                 raise
             text = line.text
             if text == begin:
-                started, framed, packed = True, [], []
+                started, framed, packed, clean = True, [], [], True
                 continue
             if not started:
                 continue
             m = END.match(text)
             if m and int(m.group(1)) == cid:
-                stdout = inflate(packed) if m.group(3) == "gzip" else rebuild(framed, out_prefix, m.group(3))
-                return int(m.group(2)), stdout, rebuild(framed, err_prefix, m.group(4))
+                proof = m.group(3)
+                stdout = inflate(packed) if proof == "gzip" else rebuild(framed, out_prefix, proof, clean)
+                return int(m.group(2)), stdout, rebuild(framed, err_prefix, m.group(4), clean)
+            clean = clean and not foreign(text, cid, bulky)
             if text.startswith((out_prefix, err_prefix)):
                 framed.append(text)
             elif bulky and BASE64_LINE.match(text):
