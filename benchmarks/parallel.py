@@ -1,7 +1,7 @@
 """Throughput of `run -j 2` against `run -j 1` on the whole shipped suite (README: "Parallel guests").
 
     .venv/bin/python benchmarks/parallel.py --target arm64-fast --rounds 3 [--before DIR] [--keep-env]
-        [--sched pinned,batch]
+        [--sched batch,normal]
 
 Each round runs the suite once with -j 1 (one guest, every scenario) and once with -j 2 (the
 scenarios shared by two guests), alternating which goes first so load drifts hit both alike.
@@ -9,7 +9,7 @@ Wall time is the whole command (process start, prepare, guests, merge). Prints p
 the medians, the throughput ratio median(-j 1) / median(-j 2), the median of the rounds' own
 ratios, the host's CPUs and load average.
 
-With --sched P1,P2 (CMA_HARNESS_SCHED policies: pinned, batch, normal; default: the harness's
+With --sched P1,P2 (CMA_HARNESS_SCHED policies: batch, normal; default: the harness's
 own default), every round runs -j 2 once under each policy, so policies meet the same noise.
 
 With --before DIR (another source tree, e.g. `git archive` of main unpacked there), every round

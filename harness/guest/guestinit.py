@@ -105,6 +105,13 @@ __p() {
 				__o=
 				break
 			fi
+			# A carriage return never reaches the host (the console drops it): sed and md5sum
+			# then report the reply as changed, where a count could be evened out.
+			case $__l in *"@CR@"*)
+				__o=
+				break
+				;;
+			esac
 			__n=$((__n - ${#__l} - 1)) __k=$((__k + 1)) __l=${__l//\\/\\\\}
 			__b="$__b$1${__l//\[/\\x5b}
 "
@@ -128,8 +135,8 @@ echo "@@boot release=$__r uptime=$__u"
 dmesg | sed -n -E -e '/^Cma(Total|Free):/{s/^/@@boot meminfo /p;d}' -e '/@BOOT_FACTS@/!d' \
 	-e 's/\\/\\\\/g' -e 's/\[/\\x5b/g' -e 's/^/@@boot dmesg /p' - /proc/meminfo
 # __e ID STATUS: emit the saved output of command ID.
-# A silent or short reply needs no md5sum process (~20 ms on the Debian kernel, 50-100 ms on
-# the debug kernel, paid by most commands).
+# A silent or short reply needs no md5sum process (measured: 6 ms a command on the Debian
+# kernel, 17 ms on the debug kernel; three commands in four are short).
 __e() {
 	echo "@@$1 B"
 	__p "@$1o|" /tmp/.o 3
@@ -204,6 +211,7 @@ def init_script(extra: str = "", ready: str = READY_MARKER) -> str:
         .replace("@EMPTY_MD5@", hashlib.md5(b"").hexdigest())
         .replace("@LOGLEVEL@", str(CONSOLE_LOGLEVEL))
         .replace("@FAST_BYTES@", str(FAST_BYTES))
+        .replace("@CR@", "\r")
     )
 
 

@@ -81,3 +81,9 @@ def test_binary_output_needs_a_bulky_command(guest):
     assert guest.run(command, bulky=True).stdout == "before\0after\n"
     with pytest.raises(GuestError, match="stayed corrupted"):
         guest.run(command)
+    # A short reply is proved by counts, not md5 (guestinit's __p): a NUL its `read` dropped, and
+    # a carriage return the console drops, still make it an error, never a changed reply.
+    for short in ("printf 'a\\000b\\n'", "printf 'a\\rb\\n'", "printf 'a\\r\\n' >&2"):
+        with pytest.raises(GuestError, match="stayed corrupted"):
+            guest.run(short)
+    assert guest.run("printf 'a\\r\\n'", bulky=True).stdout == "a\r\n"

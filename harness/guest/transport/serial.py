@@ -71,7 +71,9 @@ def rebuild(lines: list[str], prefix: str, proof: str, clean: bool = True) -> st
         candidates = [joined + "\n", joined]
     if ":" in proof:  # c<bytes>:<lines> (an md5 is hex digits only)
         size, count = (int(n) for n in proof[1:].split(":"))
-        if not clean or len(body) != count:
+        # What the console changed in decoding (an invalid UTF-8 byte became U+FFFD) could
+        # even out a count: only an md5 proves such a reply.
+        if not clean or len(body) != count or any("\ufffd" in line for line in body):
             return None
         return next((t for t in candidates if len(t.encode("utf-8", "surrogateescape")) == size), None)
     for text in candidates:
