@@ -1,4 +1,4 @@
-"""Throughput of `run -j 2` against `run -j 1` on the whole shipped suite (README: "Parallel guests").
+"""Throughput of `run -j 2` against `run -j 1` on the whole shipped suite (docs/performance.md: "Parallel guests").
 
     .venv/bin/python benchmarks/parallel.py --target arm64-fast --rounds 3 [--before DIR] [--keep-env]
         [--sched batch,normal]

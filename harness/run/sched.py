@@ -10,7 +10,7 @@ import os
 # it): a batch task woken by console bytes does not preempt the other guest's running vCPU, it
 # waits for the tick. The serial console wakes the harness and a kworker for every byte the
 # PL011 sends; with -j 2, QEMU counted ~377,000 involuntary context switches a suite against
-# ~1,300 with -j 1. Measured gain: small (1.72x against 1.69x, README: "Parallel guests").
+# ~1,300 with -j 1. Measured gain: small (1.72x against 1.69x, docs/performance.md, "Parallel guests").
 # CMA_HARNESS_SCHED=normal turns it off.
 SCHED_ENV = "CMA_HARNESS_SCHED"
 JOB_SCHED_ENV = "CMA_HARNESS_JOB_SCHED"
