@@ -23,12 +23,14 @@ proved without an md5sum process: its sum field is `c<bytes>:<lines>`, the
 bytes the command wrote (the shared file offset of the shell's fd, read from
 /proc/1/fdinfo) and the framed lines. The guest sends it only when what its
 builtins read back adds up to those bytes (the builtin `read` drops NUL
-bytes: such a reply goes by sed and md5sum). The host accepts it only when
+bytes: such a reply is proved by md5sum instead) and holds no carriage
+return (which the host's console drops). The host accepts it only when
 the rebuilt text has exactly those bytes and lines and no other non-empty
 line arrived between `@@ID B` and `@@ID X`: kernel bytes inside a framed
 line either push the rest of that line onto an unframed line or change the
-byte count, so a counted reply cannot come back changed either. Before the first command, /init prints
-`@@boot` facts and `@@ready`.
+byte count, so a counted reply cannot come back changed either.
+
+Before the first command, /init prints `@@boot` facts and `@@ready`.
 
 For a command whose output is big the host writes `__hz ID 'command'`
 instead: stdout then comes as base64 lines of its gzip stream, unprefixed,
