@@ -121,6 +121,8 @@ __p() {
 		done <"$2"
 		if [ -n "$__o" ] && [ $__n -gt 0 ]; then
 			printf %s "$__b"
+			# The offset is the bytes written unless the command seeks on its own stdout; one that
+			# seeks back and writes exactly as many NULs as it overwrote would pass: none does.
 			read -r __x __w <"/proc/$$/fdinfo/$3"
 			[ -z "$__m" ] && [ $((@FAST_BYTES@ - __n - __t)) = "$__w" ] && __c="c$__w:$__k"
 			return 0
