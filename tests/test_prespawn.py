@@ -138,3 +138,27 @@ def test_a_matching_guess_killed_from_outside_is_adopted_dead_not_replaced(tmp_p
     exited = guess_for(tmp_path, "e", ["sh", "-c", "exit 1", "-kernel", str(image)])
     assert exited.wait_exit(5.0)
     assert prespawn.adopt(["sh", "-c", "exit 1", "-kernel", str(image)]) is None
+
+
+def test_the_process_yields_to_its_guess_until_it_takes_or_drops_it(tmp_path: Path, image: Path) -> None:
+    import resource
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    argv = fake_qemu(image)
+    guess = guess_for(tmp_path, "n", argv)
+    assert guess.pid is not None
+    if os.geteuid() != 0 and resource.getrlimit(resource.RLIMIT_NICE)[0] < 20 - own:
+        # It could not come back: it does not yield at all (CI runs this as root, below).
+        assert os.getpriority(os.PRIO_PROCESS, 0) == own
+        prespawn.discard()
+        return
+    assert os.getpriority(os.PRIO_PROCESS, 0) == min(own + prespawn.YIELD_NICE, 19)
+    assert os.getpriority(os.PRIO_PROCESS, guess.pid) == own  # QEMU keeps the process's own priority
+    taken = prespawn.adopt(argv)
+    assert taken is guess and os.getpriority(os.PRIO_PROCESS, 0) == own
+    taken.stop()
+
+    guess_for(tmp_path, "d", argv)
+    assert os.getpriority(os.PRIO_PROCESS, 0) > own
+    prespawn.discard()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own
