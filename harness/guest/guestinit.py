@@ -173,20 +173,22 @@ __z() {
 	echo "@@$1 X $2 $__s $3"
 }
 # __h ID COMMAND: run COMMAND in a subshell (a syntax error must not kill PID 1), then emit.
-# __hz: the same, emitted by __z. The capture files stay open on fds 3 and 4 of this shell,
-# shared with the command's stdout and stderr, so their offsets count the bytes it wrote
-# (__p's proof); the command itself gets neither fd.
-__h() {
+# __hz: the same, emitted by __z. Both run it by __run (given their own arguments, which the
+# command sees as before): the capture files stay open on fds 3 and 4 of this shell, shared
+# with the command's stdout and stderr, so their offsets count the bytes it wrote (__p's
+# proof); the command itself gets neither fd.
+__run() {
 	exec 3>/tmp/.o 4>/tmp/.e
 	( eval "$2" ) </dev/null >&3 2>&4 3>&- 4>&-
 	__rc=$? __q=1
+}
+__h() {
+	__run "$@"
 	__e "$1" $__rc
 	__q=
 }
 __hz() {
-	exec 3>/tmp/.o 4>/tmp/.e
-	( eval "$2" ) </dev/null >&3 2>&4 3>&- 4>&-
-	__rc=$? __q=1
+	__run "$@"
 	__z "$1" $__rc
 	__q=
 }
