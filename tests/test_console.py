@@ -80,3 +80,18 @@ def test_a_closed_console_is_followed_by_the_exit_it_announces() -> None:
     finally:
         lingering.stop()
     assert lingering.stopped_by_us
+
+
+def test_a_qemu_killed_from_outside_while_stop_runs_is_not_counted_as_ours():
+    import signal
+
+    from harness.guest.qemu import QemuProcess
+
+    # faults.sh: a QEMU SIGKILLed from outside closes its console before it can be reaped, so
+    # stop() still found it alive and sent SIGTERM; only the signal that ended it says whose it was.
+    dying = QemuProcess(["sh", "-c", "trap '' TERM; sleep 0.3; kill -KILL $$"]).start()
+    dying.stop(grace=5.0)
+    assert dying.exit_signal == signal.SIGKILL and not dying.stopped_by_us
+    assert dying.describe_exit() == "killed by SIGKILL"
+    dying.stop()  # idempotent: a second stop changes nothing
+    assert not dying.stopped_by_us

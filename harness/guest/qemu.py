@@ -119,6 +119,7 @@ class QemuProcess:
         self.exit_status: int | None = None  # QEMU's own exit status, once reaped
         self.exit_signal: int | None = None  # or the signal that killed it
         self.stopped_by_us = False  # we sent the signal (stop()), not someone else
+        self.signals_sent: set[int] = set()  # by stop()
 
     def start(self) -> QemuProcess:
         import pexpect  # lazy: keeps `cma-harness --help` and unit tests fast
@@ -177,12 +178,14 @@ class QemuProcess:
             return
         if child.isalive():
             self.stopped_by_us = True
+            self.signals_sent.add(signal.SIGTERM)
             with contextlib.suppress(OSError):
                 os.kill(child.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace
             while child.isalive() and time.monotonic() < deadline:
                 time.sleep(0.005)
             if child.isalive():
+                self.signals_sent.add(signal.SIGKILL)
                 with contextlib.suppress(OSError):
                     os.kill(child.pid, signal.SIGKILL)
                 with contextlib.suppress(Exception):
@@ -190,6 +193,11 @@ class QemuProcess:
         with contextlib.suppress(Exception):
             child.close(force=True)
         self.exit_status, self.exit_signal = child.exitstatus, child.signalstatus
+        # A QEMU killed from outside closes its console a moment before it can be reaped: stop()
+        # may find it still alive and send SIGTERM too. Only the signal that ended it says whose
+        # doing it was (faults.sh: a SIGKILL during a snapshot restore was read as ours).
+        if self.exit_signal is not None and self.exit_signal not in self.signals_sent:
+            self.stopped_by_us = False
         _live.discard(self)
 
     def describe_exit(self) -> str:
