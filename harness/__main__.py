@@ -1,3 +1,3 @@
-from harness.frontends.cli import main
+from harness.frontends.cli import entry
 
-raise SystemExit(main())
+entry()

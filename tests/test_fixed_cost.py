@@ -143,3 +143,18 @@ def test_old_snapshots_and_payloads_are_pruned_after_a_save(tmp_path: Path) -> N
     with (root / f"{names[1]}.lock").open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         assert not snapshot.try_remove(root / names[1]) and (root / names[1]).exists()
+
+
+def test_the_console_script_skips_teardown_but_runs_the_exit_hooks(tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    code = (
+        "import atexit, sys; from harness.frontends.cli import entry\n"
+        f"atexit.register(lambda: open({str(hook)!r}, 'w').write('ran'))\n"
+        "sys.argv = ['cma-harness', 'scenarios']; entry()\n"
+        "print('not reached')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "smoke" in done.stdout and "not reached" not in done.stdout
+    assert hook.read_text() == "ran"  # qemu.py stops any QEMU left from such a hook
+    bad = subprocess.run([sys.executable, "-c", code.replace("'scenarios'", "'nosuch'")], capture_output=True)
+    assert bad.returncode == 2  # argparse's usage error, through the same exit
