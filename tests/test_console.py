@@ -89,7 +89,8 @@ def test_a_qemu_killed_from_outside_while_stop_runs_is_not_counted_as_ours():
 
     # faults.sh: a QEMU SIGKILLed from outside closes its console before it can be reaped, so
     # stop() still found it alive and sent SIGTERM; only the signal that ended it says whose it was.
-    dying = QemuProcess(["sh", "-c", "trap '' TERM; sleep 0.3; kill -KILL $$"]).start()
+    dying = QemuProcess(["sh", "-c", "trap '' TERM; echo armed; sleep 0.3; kill -KILL $$"]).start()
+    dying.child.expect_exact("armed", timeout=10)  # SIGTERM before the trap would end it at once
     dying.stop(grace=5.0)
     assert dying.exit_signal == signal.SIGKILL and not dying.stopped_by_us
     assert dying.describe_exit() == "killed by SIGKILL"
