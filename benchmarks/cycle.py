@@ -50,7 +50,8 @@ from harness.artifacts.debian import DebianProvider, ImageCache
 from harness.artifacts.kernels.registry import kernel_provider
 from harness.config.targets import resolve_target
 from harness.guest import guestinit
-from harness.guest.qemu import BootFiles, QemuProcess, qemu_command
+from harness.guest.qemu import BootFiles, qemu_command
+from harness.guest.qemu_process import QemuProcess
 
 PRE_BOOT = ("setup", "images", "build kmod", "build userland", "initramfs")
 

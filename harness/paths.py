@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+# pathlib is imported where a Path is made, not with this module: the CLI reads the cache's place
+# before it starts QEMU early, and that path imports as little as it can (guest/prespawn.py).
+TYPE_CHECKING = False  # mypy reads this name as True
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CACHE_ENV = "CMA_HARNESS_CACHE"
 
@@ -11,6 +16,8 @@ CACHE_ENV = "CMA_HARNESS_CACHE"
 def project_root() -> Path:
     # The harness runs from a checkout (pip install -e .): configs/, kmod/, userland/
     # and images/ sit next to the package.
+    from pathlib import Path
+
     return Path(__file__).resolve().parent.parent
 
 
@@ -44,11 +51,18 @@ def lock_dir() -> Path:
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """The artifact cache: --cache-dir, then $CMA_HARNESS_CACHE, then ~/.cache/cma-harness."""
+    from pathlib import Path
+
+    return Path(cache_root(override))
+
+
+def cache_root(override: str | os.PathLike[str] | None = None) -> str:
+    """cache_dir() as a string, by os.path alone (for the CLI's early start)."""
     if override:
-        return Path(override).expanduser().resolve()
+        return os.path.realpath(os.path.expanduser(override))
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env).expanduser().resolve()
+        return os.path.realpath(os.path.expanduser(env))
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return (base / "cma-harness").resolve()
+    base = os.path.expanduser(xdg) if xdg else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.realpath(os.path.join(base, "cma-harness"))

@@ -60,7 +60,7 @@ def test_a_closed_console_is_followed_by_the_exit_it_announces() -> None:
     # still says "alive" for a process that keeps running with its console closed.
     import time
 
-    from harness.guest.qemu import QemuProcess
+    from harness.guest.qemu_process import QemuProcess
 
     closing = QemuProcess(["sh", "-c", "exec 0<&- 1>&- 2>&-; sleep 0.3"]).start()
     console = Console(closing.child, io.BytesIO())
@@ -85,7 +85,7 @@ def test_a_closed_console_is_followed_by_the_exit_it_announces() -> None:
 def test_a_qemu_killed_from_outside_while_stop_runs_is_not_counted_as_ours():
     import signal
 
-    from harness.guest.qemu import QemuProcess
+    from harness.guest.qemu_process import QemuProcess
 
     # faults.sh: a QEMU SIGKILLed from outside closes its console before it can be reaped, so
     # stop() still found it alive and sent SIGTERM; only the signal that ended it says whose it was.

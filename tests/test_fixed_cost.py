@@ -155,6 +155,57 @@ def test_the_console_script_skips_teardown_but_runs_the_exit_hooks(tmp_path: Pat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and "smoke" in done.stdout and "not reached" not in done.stdout
-    assert hook.read_text() == "ran"  # qemu.py stops any QEMU left from such a hook
+    assert hook.read_text() == "ran"  # qemu_process.py stops any QEMU left from such a hook
     bad = subprocess.run([sys.executable, "-c", code.replace("'scenarios'", "'nosuch'")], capture_output=True)
     assert bad.returncode == 2  # argparse's usage error, through the same exit
+
+
+def test_the_reservation_is_asked_for_once_and_only_when_a_check_needs_it(tmp_path: Path) -> None:
+    from harness.guest.kernel_log import KernelLog
+    from harness.scenario.runner import ScenarioRunner
+    from tests.fake_guest import RESERVATION, ReplayTransport
+
+    asked: list[int] = []
+
+    def source():  # type: ignore[no-untyped-def]
+        asked.append(1)
+        return RESERVATION
+
+    def runner(replies: list[Reply]) -> ScenarioRunner:
+        log = KernelLog()
+        return ScenarioRunner(ReplayTransport(replies, log), log, lambda: [], source)
+
+    shell = tmp_path / "shell.yaml"
+    shell.write_text("steps:\n  - shell: {run: 'true'}\n")
+    runner([Reply("true"), Reply(DRIVER_WARNINGS_COMMAND)]).run_scenario(load_scenario(shell))
+    assert asked == []  # a scenario that never touches the driver costs the guest no command for it
+
+    alloc = tmp_path / "alloc.yaml"
+    alloc.write_text("steps:\n  - alloc: {name: a, size: 4096}\n  - alloc: {name: b, size: 4096}\n")
+    out = "@cma step=1 op=alloc status=ok errno=0 name={} id=1 len=4096 phys={:#x} user=0xffff0000\n"
+    from tests.fake_guest import dump_mem_lines
+
+    replies = [Reply("cma_test serve main", 0, "@cma op=serve status=ok name=main pid=7\n")]
+    for name, phys in (("a", 0x1000), ("b", 0x76D00000)):
+        text = out.format(name, phys)
+        replies.append(Reply(f"cma_test ctl main alloc {name}", 0, text, "", dump_mem_lines(text)))
+    steps = runner(replies).run(load_scenario(alloc))
+    assert asked == [1]  # once, at the first placement check
+    assert "outside the CMA reservation" in steps[0].problems[0] and not steps[1].problems
+
+
+def test_boot_facts_need_a_log_that_reaches_back_to_the_boot() -> None:
+    from harness.oracles.dmesg import CmaReservation, parse_boot_facts
+
+    boot = (
+        "<5>[    0.000000] Linux version 6.1.0-50-arm64 (debian-kernel@lists.debian.org)\n"
+        "<6>[    0.000000] cma: Reserved 128 MiB at 0x0000000076c00000\n"
+        "<6>[    0.300000] kmemleak: Kernel memory leak detector initialized (mem pool available: 15888)\n"
+    )
+    facts = parse_boot_facts(boot)
+    assert facts is not None and facts.reservation == CmaReservation(128, 0x76C00000)
+    assert facts.checkers == ["kmemleak"]
+    none = parse_boot_facts(boot.replace("cma: Reserved", "cma: nothing"))
+    assert none is not None and none.reservation is None  # the kernel reserved nothing: a finding
+    # A ring buffer that wrapped has lost the boot: a missing reservation line then says nothing.
+    assert parse_boot_facts("<6>[  912.000000] cma_mem: loaded\n") is None

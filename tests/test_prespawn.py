@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.guest import prespawn
-from harness.guest.qemu import QemuProcess
+from harness.guest.qemu_process import QemuProcess
 
 
 @pytest.fixture()

@@ -5,22 +5,24 @@ Exit status: 0 pass, 1 test failure, 2 bad usage or config, 3 infrastructure fai
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from harness.errors import EXIT_USAGE, HarnessError
 
+# `run` starts a remembered QEMU before anything else is imported (harness/guest/prespawn.py):
+# argparse, pathlib and typing wait until after it.
+TYPE_CHECKING = False  # mypy reads this name as True
 if TYPE_CHECKING:
-    pass
+    import argparse
 
 # CMA_HARNESS_PRESPAWN=off: `run` never starts QEMU before planning (harness/guest/prespawn.py).
 PRESPAWN_ENV = "CMA_HARNESS_PRESPAWN"
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="cma-harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -153,6 +155,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Everything before boot, for each target: what CI runs once before tests that share the cache."""
     import time
+    from pathlib import Path
 
     from harness import paths
     from harness.config.targets import resolve_targets
@@ -200,6 +203,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from harness import paths
     from harness.config.targets import resolve_target
     from harness.frontends.interactive import boot
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             from harness import paths
             from harness.guest import prespawn
 
-            prespawn.arm(paths.cache_dir(prespawn.cache_override(raw)), raw)
+            prespawn.arm(paths.cache_root(prespawn.cache_override(raw)), raw)
         args = _parser().parse_args(argv)
         if args.command in ("prepare", "setup", "fuzz"):  # `run`: above, before the early start
             cancel_on_signals()  # `boot` has its own: there a signal is the normal way to stop
@@ -293,7 +298,7 @@ def entry() -> None:
     Freeing every module and object at exit took 25-60 ms after a run (rich, yaml, pexpect, the
     compiled fault patterns), all after result.json is written and QEMU reaped: time a CI job or a
     person waits for nothing. By then every file is closed by its with-block and every QEMU by the
-    session; the exit hooks still run (qemu.py's stops any QEMU left, logging flushes). A thread
+    session; the exit hooks still run (qemu_process.py's stops any QEMU left, logging flushes). A thread
     still running (none should be) gets the ordinary exit, which waits for it."""
     import atexit
     import threading

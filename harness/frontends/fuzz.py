@@ -83,7 +83,7 @@ def guest_fuzz(args: argparse.Namespace, out: Path, cache: Path, default_kmod: P
             assert guest.transport is not None
             found = fuzz_guest(
                 guest.transport,
-                guest.facts.reservation,
+                guest.read_facts().reservation,
                 target.userland.bits,
                 target.kernel.bits,
                 args.seed,

@@ -56,7 +56,7 @@ def boot(opts: RunOptions, say: Callable[[str], None]) -> int:
 def _serve(guest: Guest, opts: RunOptions, log: IO[bytes], stop: threading.Event, say: Callable[[str], None]) -> None:
     assert guest.transport is not None
     loaded = guest.transport.run(f"insmod {MODULE_PATH}")
-    res = guest.facts.reservation
+    res = guest.read_facts().reservation
     say(f"guest up: {opts.target.name}, kernel {guest.facts.release}, "
         f"cma {res.size_mib if res else '?'} MiB at {hex(res.base) if res else '?'}")  # fmt: skip
     say("cma_mem " + ("loaded (rmmod cma_mem to unload)" if loaded.ok else f"NOT loaded: {loaded.stderr}"))

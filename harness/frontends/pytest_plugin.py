@@ -88,7 +88,7 @@ class BootedGuest:
 
     @property
     def reservation(self) -> Any:
-        return self.guest.facts.reservation
+        return self.guest.read_facts().reservation
 
     def reset(self, load: bool = True) -> None:
         """No cma_test process left, the module unloaded, then (load=True) freshly loaded."""

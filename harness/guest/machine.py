@@ -21,7 +21,8 @@ from harness.errors import GuestError
 from harness.guest import guestinit, prespawn
 from harness.guest.console import Console, ConsoleClosed, ConsoleLine, ConsoleTimeout
 from harness.guest.kernel_log import KernelLog
-from harness.guest.qemu import BootFiles, QemuProcess, qemu_command, ssh_netdev_args
+from harness.guest.qemu import BootFiles, qemu_command, ssh_netdev_args
+from harness.guest.qemu_process import QemuProcess
 
 if TYPE_CHECKING:
     from harness.guest.transport.base import Transport
@@ -41,6 +42,11 @@ class BootFacts:
     release: str = ""
     reservation: CmaReservation | None = None
     checkers: list[str] = field(default_factory=list)  # kasan, kmemleak, lockdep, dma-debug: what ran
+    # Whether reservation and checkers are known: the kernel log's facts are printed at boot only
+    # by a snapshot's base image; otherwise the first check that needs them asks (read_facts), or
+    # they are found in the whole kernel log read at the end (learn_facts).
+    from_log: bool = False
+    asked: bool = False  # read_facts asked the guest (once: a log that wrapped stays unknown)
     boot_lines: list[str] = field(default_factory=list)
     ready_after: float = 0.0  # seconds from QEMU start to the shell
     ssh_after: float = 0.0  # seconds from QEMU start to an authenticated SSH session
@@ -176,10 +182,7 @@ class Guest:
         text = "\n".join(self.facts.boot_lines)
         m = re.search(r"release=(\S+)", text)
         self.facts.release = m.group(1) if m else ""
-        from harness.oracles.dmesg import parse_checkers, parse_reservation
-
-        self.facts.reservation = parse_reservation(text)
-        self.facts.checkers = parse_checkers(text)
+        self.learn_facts(text)  # printed at boot by a snapshot's base image, else asked for later
         self.step = "ready"
         detector = self.detector
         assert detector is not None
@@ -194,6 +197,30 @@ class Guest:
                 self.stop()
                 raise
         return self
+
+    def read_facts(self) -> BootFacts:
+        """The boot facts with the kernel log's part (the CMA reservation, the checkers) known:
+        asked of the guest by one command the first time a check needs them."""
+        facts = self.facts
+        if not facts.from_log and not facts.asked:
+            from harness.guest.shell import BOOT_FACTS_COMMAND
+
+            assert self.transport is not None
+            facts.asked = True
+            self.learn_facts(self.transport.run(BOOT_FACTS_COMMAND, timeout=self.target.timeouts.command).stdout)
+        return facts
+
+    def learn_facts(self, kernel_log: str) -> bool:
+        """Take the kernel log's boot facts from text the host already has (boot lines, the whole
+        log a last check read); False if that text does not reach back to the boot."""
+        from harness.oracles.dmesg import parse_boot_facts
+
+        if not self.facts.from_log:
+            found = parse_boot_facts(kernel_log)
+            if found is not None:
+                self.facts.reservation, self.facts.checkers = found.reservation, found.checkers
+                self.facts.from_log = True
+        return self.facts.from_log
 
     def announce_ready(self) -> None:
         """Have the guest print the ready marker (a snapshot base prints its own at boot): once

@@ -18,15 +18,19 @@ the atexit hook and the SIGTERM handler stop it like any other.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import resource
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import zlib
 
-from harness.guest.qemu import QemuProcess
+from harness.guest.qemu_process import QemuProcess
+
+# Everything above is what the CLI imports before QEMU starts: no dataclasses, pathlib, hashlib
+# or typing (~20 ms together), which the rest of the run imports while the guest boots.
+TYPE_CHECKING = False  # mypy reads this name as True
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 PLAN_VERSION = 1
 # What shapes the resolution besides the arguments: where the cache and the configs are found.
@@ -34,14 +38,17 @@ KEY_ENV = ("CMA_HARNESS_CACHE", "XDG_CACHE_HOME", "HOME", "PATH")
 KEEP_PLANS = 64
 
 
-@dataclass
 class Armed:
-    plans: Path  # the cache's plans/ folder
-    key: str
-    guess: QemuProcess | None = None
-    files: dict[str, list[int]] | None = None  # the guess's files as stat'ed before it started
-    first_done: bool = False  # one guess and one plan per process: its first guest's
-    yielded: int | None = None  # this process's own nice value while it yields to the guess
+    def __init__(self, plans: str, key: str) -> None:
+        self.plans = plans  # the cache's plans/ folder
+        self.key = key
+        self.guess: QemuProcess | None = None
+        self.files: dict[str, list[int]] | None = None  # the guess's files as stat'ed before it started
+        self.first_done = False  # one guess and one plan per process: its first guest's
+        self.yielded: int | None = None  # this process's own nice value while it yields to the guess
+
+    def plan_path(self) -> str:
+        return os.path.join(self.plans, f"{self.key}.json")
 
 
 # While the guess boots, this process imports and plans on the host's other core, and the guest
@@ -95,8 +102,10 @@ def plan_key(args: list[str], cwd: str, env: dict[str, str]) -> str:
             scenarios.append(arg.split("=", 1)[1])
         elif not arg.startswith(tuple(f"{o}=" for o in UNKEYED)):
             kept.append(arg)
-    blob = json.dumps([PLAN_VERSION, kept, sorted(scenarios), cwd, [env.get(k, "") for k in KEY_ENV]])
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    blob = json.dumps([PLAN_VERSION, kept, sorted(scenarios), cwd, [env.get(k, "") for k in KEY_ENV]]).encode()
+    # Two checksums, not a cryptographic hash (hashlib's OpenSSL costs 3-6 ms to load before the
+    # early start): a collision could only start a wrong guess, which adoption refuses.
+    return f"{zlib.crc32(blob):08x}{zlib.adler32(blob):08x}{len(blob):04x}"
 
 
 def cache_override(args: list[str]) -> str | None:
@@ -126,12 +135,13 @@ def file_stats(paths: list[str]) -> dict[str, list[int]] | None:
         return None
 
 
-def arm(cache: Path, args: list[str]) -> None:
+def arm(cache: str, args: list[str]) -> None:
     """Called first thing by `cma-harness run`: start the remembered command line, if any."""
     global _armed
-    _armed = Armed(cache / "plans", plan_key(args, os.getcwd(), dict(os.environ)))
+    _armed = Armed(os.path.join(cache, "plans"), plan_key(args, os.getcwd(), dict(os.environ)))
     try:
-        plan = json.loads((_armed.plans / f"{_armed.key}.json").read_text())
+        with open(_armed.plan_path(), "rb") as f:
+            plan = json.loads(f.read())
         argv, files = list(plan["argv"]), dict(plan["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # no plan yet (or an unreadable one): boot as usual
@@ -183,8 +193,10 @@ def spawned(argv: list[str], repeatable: bool) -> None:
     data: dict[str, Any] = {"version": PLAN_VERSION, "argv": argv, "files": files}
     try:
         # Atomic: a concurrent run reads the old plan or the new one.
-        write_atomic(armed.plans / f"{armed.key}.json", json.dumps(data).encode())
-        prune(armed.plans)
+        from pathlib import Path
+
+        write_atomic(Path(armed.plan_path()), json.dumps(data).encode())
+        prune(Path(armed.plans))
     except OSError:
         pass  # a read-only cache only loses the head start
 

@@ -5,6 +5,8 @@ They are strings for busybox sh; the functions that parse what they print live i
 
 from __future__ import annotations
 
+from harness.oracles.dmesg import BOOT_FACT_PATTERN
+
 MODULE = "cma_mem"
 MODULE_PATH = f"/lib/modules/{MODULE}.ko"
 # The driver's debugfs list of every live block (the fuzzer compares it with the model).
@@ -48,6 +50,9 @@ def insmod_command(params: str) -> str:
 
 RMMOD_COMMAND = f"rmmod {MODULE}"
 # After a scenario: the driver's messages at warning level or worse (levels are only in /dev/kmsg).
+# The kernel log's boot facts (oracles/dmesg.py parse_boot_facts), asked for when a check first
+# needs them (guest/machine.py Guest.read_facts). grep finding nothing is an answer too.
+BOOT_FACTS_COMMAND = f"dmesg | grep -E '{BOOT_FACT_PATTERN}'; true"
 DRIVER_WARNINGS_COMMAND = f"dmesg -r | grep -E '^<[0-4]>' | grep -E '{MODULE}|dump_mem' ; true"
 
 

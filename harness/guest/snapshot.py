@@ -127,7 +127,9 @@ class Snapshot:
 
 def base_init_script(modules: list[str]) -> str:
     extra = "".join(f"insmod /lib/modules/{m}.ko || echo '@@boot snapshot-error insmod {m}'\n" for m in modules)
-    return guestinit.init_script(extra, ready=guestinit.BASE_READY_MARKER)
+    # The kernel log's boot facts are printed before the ready point here: replayed with the boot,
+    # a restored guest has them without a command.
+    return guestinit.init_script(extra, ready=guestinit.BASE_READY_MARKER, facts_at_boot=True)
 
 
 def _memo_digest(cache: Path, path: Path) -> str:

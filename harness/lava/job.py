@@ -27,11 +27,11 @@ from typing import Any
 import yaml
 
 from harness.config.targets import Target
-from harness.guest.guestinit import READY_MARKER
+from harness.guest.guestinit import PRINT_BOOT_FACTS, READY_MARKER
 from harness.guest.qemu import BootFiles
 from harness.lava.script import GuestCommand, Script, ScriptStep
 
-JOB_FORMAT = "1"  # in the job's declaration line; bumped when the typed protocol changes
+JOB_FORMAT = "2"  # in the job's declaration line; bumped when the typed protocol changes
 WAIT_PROMPT = "@@lava-wait"
 BYE = "@@lava-bye"
 STEP_MARKER = "@@lava-step"
@@ -117,7 +117,8 @@ def interactive_blocks(script: Script, kernel: dict[str, Any], power_off: bool =
     for number, compiled in enumerate(script.scenarios):
         entries: list[dict[str, Any]] = []
         if number == 0:
-            entries.append({"command": f"{HELPERS}; {declaration(script, kernel)}; __lw"})
+            # The kernel log's boot facts, which a local run asks for only when needed: a log cannot be asked later.
+            entries.append({"command": f"{HELPERS}; {declaration(script, kernel)}; {PRINT_BOOT_FACTS}; __lw"})
         if compiled.reset is not None:
             entries.append({"command": f"{guest_line(compiled.reset)}; __lw"})
         for step in compiled.steps:

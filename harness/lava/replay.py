@@ -238,7 +238,10 @@ def import_log(
         if KERNEL_LINE.match(text):
             kernel_log.lines.append(("boot", text))
         detector.feed(text, "boot")
-    facts = "\n".join(t[len(BOOT_PREFIX) :] for t in boot_lines if t.startswith(BOOT_PREFIX))
+    # Boot lines come from /init before its ready point and from the job's first line (__bf: the
+    # kernel log's facts; a job of format 1 had /init print them at boot). Framed output, echoed
+    # typed lines and kernel lines never start with the prefix.
+    facts = "\n".join(line.text[len(BOOT_PREFIX) :] for line in log.console if line.text.startswith(BOOT_PREFIX))
     if ready is None:
         detector.finish()
         record.verdict = Verdict.ERROR

@@ -17,7 +17,7 @@ CHECKER_BANNERS = {
     "lockdep": "Lock dependency validator",
     "dma-debug": "DMA-API: debugging enabled",
 }
-# The boot-log lines the guest's /init reports (an extended regex: sed -E).
+# The boot-log lines that hold the boot facts (an extended regex: sed -E, grep -E).
 BOOT_FACT_PATTERN = "|".join(["cma: Reserved", "cma: Failed", "Linux version", *CHECKER_BANNERS.values()])
 
 
@@ -66,6 +66,23 @@ def announced_area_problems(lines: Iterable[str], reservation: CmaReservation | 
                 f"[{reservation.base:#x}-{reservation.end:#x}) ({reservation.size_mib} MiB)"
             )
     return problems
+
+
+@dataclass(frozen=True)
+class KernelLogFacts:
+    """What the boot's kernel log says about the guest: its CMA area and the checkers that ran."""
+
+    reservation: CmaReservation | None
+    checkers: list[str]
+
+
+def parse_boot_facts(text: str) -> KernelLogFacts | None:
+    """The reservation and the checkers from kernel log text that reaches back to the boot (its
+    `Linux version` banner, the first line a kernel prints); None when it does not (a ring buffer
+    that wrapped, a log cut short): then a missing reservation line says nothing of the kernel."""
+    if not RELEASE.search(text):
+        return None
+    return KernelLogFacts(parse_reservation(text), parse_checkers(text))
 
 
 def parse_checkers(text: str) -> list[str]:

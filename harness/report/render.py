@@ -160,7 +160,7 @@ def features_text(result: dict[str, Any]) -> str:
 def cma_text(result: dict[str, Any]) -> str:
     cma = result.get("cma") or {}
     if not cma.get("base"):
-        return "unknown (no 'cma: Reserved' line in the boot log)"
+        return f"unknown ({cma.get('note') or 'no cma: Reserved line in the boot log'})"
     base = int(str(cma["base"]), 16)
     return f"{cma['size_mib']} MiB at {hex(base)}–{hex(base + int(cma['size_mib']) * MIB)}"
 

@@ -308,12 +308,33 @@ def boot_guest(
     record.config["qemu_argv"] = list(guest.qemu.argv)
     opts.observer.guest_started(guest)
     record.kernel["booted_release"] = guest.facts.release
-    record.kernel["checkers"] = guest.facts.checkers
-    res = guest.facts.reservation
+    return guest
+
+
+def note_boot_facts(record: RunResult, guest: Guest, whole_log: str | None = None) -> None:
+    """The kernel log's boot facts (the CMA reservation, the checkers) into the result, once a
+    guest is done with: known already (a check needed them, or a snapshot's boot printed them),
+    found in the whole kernel log the run read at its end, or asked of the guest if it still
+    answers. A log that no longer reaches back to the boot (its ring buffer wrapped) leaves them
+    unknown, and says so, instead of claiming the kernel reserved nothing."""
+    facts = guest.facts
+    if not facts.from_log and whole_log is not None:
+        guest.learn_facts(whole_log)
+    why = "the guest stopped answering before they were read"
+    if not facts.from_log and guest.transport is not None and guest.qemu.alive():
+        try:
+            guest.read_facts()
+            why = "the kernel log no longer reaches back to the boot"
+        except GuestError as exc:
+            why = f"asking the guest failed ({exc.message})"
+    if not facts.from_log:
+        record.cma = {"note": f"the CMA reservation is unknown: {why}"}
+        return
+    record.kernel["checkers"] = facts.checkers
+    res = facts.reservation
     record.cma = {"size_mib": res.size_mib, "base": hex(res.base)} if res else {}
     if res is None:
         record.problems.append("no 'cma: Reserved' line in the boot log: the reservation is unknown")
-    return guest
 
 
 def snapshot_guest(opts: RunOptions, snap: Snapshot, console_log: IO[bytes]) -> tuple[Guest | None, dict[str, Any]]:
@@ -512,6 +533,7 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         opts.observer.guest_stopped()
                         all_events += [e.as_dict() for e in guest.events()]
                         reported = runner.outcome is not None and runner.outcome.events
+                        note_boot_facts(record, guest)  # what is known of them: it answers no more
                         dead, guest = guest, None
                         if aborted_by_environment(not died, bool(reported)):
                             # No panic, oops or warning on the console: the emulator died (killed
@@ -537,6 +559,8 @@ def execute(opts: RunOptions, on_stage: Callable[[str, str, float], None], log: 
                         else:
                             dmesg = guest.transport.run("dmesg", timeout=opts.target.timeouts.command, bulky=True)
                             (opts.out / "dmesg.txt").write_text(dmesg.stdout)
+                            kept = dmesg.stdout
+                        note_boot_facts(record, guest, kept)
                         # Everything is saved: QEMU is stopped below without waiting for the guest
                         # to power off (nothing in it needs a clean shutdown; it has no disk).
             finally:

@@ -36,9 +36,14 @@ if TYPE_CHECKING:
 BULKY_OPS = 40
 
 
+# The guest's CMA reservation, or where to get it the first time a check needs it: a booted
+# guest asks for its kernel log's boot facts only then (one command; Guest.read_facts).
+ReservationSource = Callable[[], "CmaReservation | None"]
+
+
 @dataclass
 class RunState:
-    reservation: CmaReservation | None
+    reservation_source: ReservationSource
     blocks: dict[tuple[str, str], Block] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)  # name -> pid
     capacity_baseline: int | None = None
@@ -47,6 +52,16 @@ class RunState:
     heap_baseline: int | None = None  # the same measure through the kernel's CMA heap (the witness)
     heap_check: int | None = None
     allocated: list[Block] = field(default_factory=list)  # every allocation, freed or not (for the report)
+    resolved: bool = False
+    known_reservation: CmaReservation | None = None
+
+    @property
+    def reservation(self) -> CmaReservation | None:
+        """Asked of the source once, when first needed: a scenario that never touches the driver
+        never costs the guest a command for it."""
+        if not self.resolved:
+            self.known_reservation, self.resolved = self.reservation_source(), True
+        return self.known_reservation
 
 
 @dataclass
@@ -80,7 +95,7 @@ class DriverClient:
         self,
         transport: Transport,
         kernel_log: KernelLog,
-        reservation: CmaReservation | None,
+        reservation: CmaReservation | ReservationSource | None,
         *,
         barrier: Callable[[str], None] = lambda s: None,
         command_timeout: float = 60.0,
@@ -92,7 +107,7 @@ class DriverClient:
         # Word sizes of cma_test and of the kernel, for the driver model (fuzz)
         self.userland_bits, self.kernel_bits = userland_bits, kernel_bits
         self.kernel_log = kernel_log
-        self.state = RunState(reservation)
+        self.state = RunState(reservation if callable(reservation) else lambda: reservation)
         self.barrier = barrier  # waits until the kernel log has caught up
         self.command_timeout = command_timeout
         self.module_symbols = module_symbols or []

@@ -21,10 +21,10 @@ from harness.guest.shell import DRIVER_WARNINGS_COMMAND
 from harness.guest.transport.base import Transport
 from harness.oracles.checks import driver_log_problems
 from harness.oracles.cmatest import CmaRecord
-from harness.oracles.dmesg import CmaReservation, announced_area_problems, parse_dump_mem
+from harness.oracles.dmesg import ANNOUNCED_AREA, CmaReservation, announced_area_problems, parse_dump_mem
 from harness.oracles.faults import KernelEvent
 from harness.oracles.symbolize import Symbol, module_functions
-from harness.scenario.client import DriverClient, RunState
+from harness.scenario.client import DriverClient, ReservationSource, RunState
 from harness.scenario.model import Block, Scenario, StepResult, StepStatus
 from harness.scenario.steps import execute
 
@@ -57,7 +57,7 @@ class ScenarioRunner:
         transport: Transport,
         kernel_log: KernelLog,
         events: Callable[[], list[KernelEvent]],
-        reservation: CmaReservation | None,
+        reservation: CmaReservation | ReservationSource | None,
         *,
         set_step: Callable[[str], None] = lambda s: None,
         barrier: Callable[[str], None] = lambda s: None,
@@ -103,7 +103,7 @@ class ScenarioRunner:
             guest.transport,
             guest.kernel_log,
             guest.events,
-            guest.facts.reservation,
+            lambda: guest.read_facts().reservation,  # asked of the guest only if a check needs it
             set_step=lambda step: guest.set_step(f"{label} {step}"),
             barrier=guest.barrier,
             command_timeout=guest.target.timeouts.command,
@@ -129,7 +129,8 @@ class ScenarioRunner:
             result.fail(f"kernel {event.kind}: {event.title}")
         lines = self.kernel_log.since(log_mark)
         self.client.check_blocks(result, parse_dump_mem(lines))
-        result.fail_all(announced_area_problems(lines, self.state.reservation))
+        if any(ANNOUNCED_AREA.search(line) for line in lines):  # else the reservation is not needed
+            result.fail_all(announced_area_problems(lines, self.state.reservation))
 
     def final_checks(self, result: StepResult, since: float) -> None:
         """After the scenario: the driver logged nothing at warning level or worse."""
