@@ -143,6 +143,10 @@ __p() {
 read -r __r </proc/sys/kernel/osrelease
 read -r __u __x </proc/uptime
 echo "@@boot release=$__r uptime=$__u"
+# The kernel's banner, which `quiet` keeps off the console: LAVA's boot action waits for it
+# ('Linux version [0-9]') before it looks for the ready marker.
+read -r __v </proc/version
+echo "@@boot banner $__v"
 __bf() {
 	dmesg | sed -n -E -e '/^Cma(Total|Free):/{s/^/@@boot meminfo /p;d}' -e '/@BOOT_FACTS@/!d' \
 		-e 's/\\/\\\\/g' -e 's/\[/\\x5b/g' -e 's/^/@@boot dmesg /p' - /proc/meminfo

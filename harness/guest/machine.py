@@ -182,7 +182,9 @@ class Guest:
         text = "\n".join(self.facts.boot_lines)
         m = re.search(r"release=(\S+)", text)
         self.facts.release = m.group(1) if m else ""
-        self.learn_facts(text)  # printed at boot by a snapshot's base image, else asked for later
+        # The kernel log's lines (__bf's `dmesg` boot lines): printed at boot by a snapshot's base
+        # image, else asked for later. Not the banner line: it would pass for a log of the boot.
+        self.learn_facts("\n".join(line for line in self.facts.boot_lines if line.startswith("dmesg ")))
         self.step = "ready"
         detector = self.detector
         assert detector is not None
