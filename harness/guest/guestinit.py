@@ -213,8 +213,12 @@ poweroff -f
 """
 
 # /init for the bare-boot baseline: the cheapest possible guest cycle.
+# It prints the guest's uptime at /init as the harness's /init does (shell builtins, no process),
+# so a benchmark can take the kernel's own boot, the noisy part, out of a comparison.
 BARE_INIT = """#!/bin/sh
 /bin/busybox mount -t proc proc /proc
+read -r __u __x </proc/uptime
+echo "@@boot uptime=$__u"
 echo "@@ready"
 /bin/busybox poweroff -f
 """
