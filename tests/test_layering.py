@@ -79,7 +79,9 @@ def private_uses(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             for alias in node.names:
-                if alias.name.startswith("_") and node.module != own and node.module.startswith("harness"):
+                dunder = alias.name.startswith("__") and alias.name.endswith("__")  # __version__: public
+                private = alias.name.startswith("_") and not dunder
+                if private and node.module != own and node.module.startswith("harness"):
                     problems.append(f"{path}:{node.lineno}: imports {node.module}.{alias.name}")
                 imported_modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
         elif isinstance(node, ast.Import):
