@@ -209,3 +209,25 @@ def test_boot_facts_need_a_log_that_reaches_back_to_the_boot() -> None:
     assert none is not None and none.reservation is None  # the kernel reserved nothing: a finding
     # A ring buffer that wrapped has lost the boot: a missing reservation line then says nothing.
     assert parse_boot_facts("<6>[  912.000000] cma_mem: loaded\n") is None
+
+
+def test_an_unknown_reservation_is_said_not_crashed_on(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from harness.report.compare import compare
+    from harness.report.render import cma_text
+    from harness.report.terminal import print_summary
+    from harness.run.result import RunResult
+
+    record = RunResult(target="arm64-virt")
+    record.cma = {"note": "the CMA reservation is unknown: the kernel log no longer reaches back to the boot"}
+    buf = io.StringIO()
+    print_summary(record, tmp_path, Console(file=buf, width=200))
+    assert "cma ?" in buf.getvalue()
+    assert "no longer reaches back" in cma_text(record.to_json())
+    known = {"cma": {"size_mib": 128, "base": "0x76c00000"}}
+    c = compare(known, {"cma": record.cma})
+    assert ("CMA", "128 MiB at 0x76c00000", "unknown") in c.facts and any("different CMA" in n for n in c.context)
+    assert not any("different CMA" in n for n in compare(known, dict(known)).context)

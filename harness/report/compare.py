@@ -220,7 +220,7 @@ def _kernel(k: dict[str, Any]) -> str:
 
 
 def _cma(cma: dict[str, Any]) -> str:
-    return f"{cma.get('size_mib', '?')} MiB at {cma.get('base', '?')}" if cma else "unknown"
+    return f"{cma.get('size_mib', '?')} MiB at {cma['base']}" if cma.get("base") else "unknown"
 
 
 def _context(base: dict[str, Any], cand: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -247,7 +247,7 @@ def _context(base: dict[str, Any], cand: dict[str, Any]) -> tuple[list[tuple[str
         notes.append(f"different targets ({base.get('target')} → {cand.get('target')})")
     if base.get("kmod") != cand.get("kmod"):
         notes.append("different driver folders (--kmod): the driver under test may differ")
-    if bc != cc:
+    if (bc.get("base"), bc.get("size_mib")) != (cc.get("base"), cc.get("size_mib")):
         notes.append("different CMA reservations: block addresses are not comparable")
     if base.get("scenario") != cand.get("scenario"):
         notes.append("different scenario lists: only scenarios in both runs are compared step by step")

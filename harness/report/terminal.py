@@ -62,7 +62,7 @@ def print_summary(record: RunResult, out: Path, console: Any) -> None:
         console.print(f"not run ({why}): {', '.join(record.not_run)}", soft_wrap=True)
     kernel = record.kernel.get("release", "?")
     cma = record.cma
-    cma_text = f"cma {cma['size_mib']} MiB at {cma['base']}" if cma else "cma ?"
+    cma_text = f"cma {cma['size_mib']} MiB at {cma['base']}" if cma.get("base") else "cma ?"
     colour = COLOURS.get(record.verdict, "white")
     console.print(
         f"verdict: [bold {colour}]{record.verdict.upper()}[/bold {colour}]  "

@@ -26,7 +26,7 @@ from harness.guest.shell import RMMOD_COMMAND, insmod_command
 from harness.oracles.cmatest import CmaRecord, parse_records
 from harness.oracles.heap import compare_rows, heap_name, heap_unavailable, largest
 from harness.run.result import RunResult
-from harness.run.session import RunOptions, Stages, boot_guest, prepare
+from harness.run.session import RunOptions, Stages, boot_guest, note_boot_facts, prepare
 
 SIZES = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20)
 CALLS = 200  # latency: the median over this many allocate / free calls per size and backend
@@ -57,6 +57,7 @@ def measure(
     with (opts.out / "console.log").open("wb", buffering=0) as console_log:
         guest = boot_guest(opts, stages, boot, console_log, record)
         try:
+            note_boot_facts(record, guest)  # asked of the guest: the comparison names the area
             data["kernel"] = record.kernel
             data["cma"] = record.cma
             _measure_in_guest(guest, data, sizes, calls, log)
